@@ -1,0 +1,1 @@
+"""Model fixtures (tiny_config, tiny_model); filled by the model area."""

@@ -1,0 +1,1 @@
+"""Tokenizer fixtures (tiny_tokenizer); filled by the tokenizer area."""

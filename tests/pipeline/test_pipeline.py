@@ -1,0 +1,160 @@
+"""The pipeline: skip/rerun on config change, downstream invalidation, resume, kill safety, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from alignment.artifacts import Manifest, read_jsonl
+from alignment.pipeline import PipelineError, compose, main, plan, run_pipeline
+from tests.pipeline.stages import test_recipe as recipe
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _statuses(run_dir):
+    return {k: v["status"] for k, v in Manifest(run_dir).stages.items()}
+
+
+def test_runs_all_stages_and_writes_manifest(tmp_path, capsys):
+    stages = run_pipeline(recipe(str(tmp_path)))
+    assert {k: v["status"] for k, v in stages.items()} == {"numbers": "completed", "total": "completed", "train": "completed"}
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    entry = m["stages"]["total"]
+    assert entry["metrics"] == {"sum": 45, "rows": 10}
+    assert entry["outputs"] == {"sum": "sum.json"}
+    assert set(entry["input_hashes"]) == {"numbers"} and len(entry["config_hash"]) == 16
+    assert entry["wall_time_s"] >= 0
+    assert json.loads((tmp_path / "total" / "sum.json").read_text()) == {"sum": 45}
+    out = capsys.readouterr().out
+    assert "[2/3] total: done" in out and "stage" in out.splitlines()[-5]  # final table printed
+
+
+def test_rerun_skips_unchanged_and_reruns_changed_and_downstream(tmp_path, capsys):
+    run_pipeline(recipe(str(tmp_path)))
+    first = Manifest(tmp_path).stages
+    capsys.readouterr()
+    run_pipeline(recipe(str(tmp_path)))
+    out = capsys.readouterr().out
+    assert out.count("cached") == 3
+    assert Manifest(tmp_path).stages["train"]["finished"] == first["train"]["finished"]
+
+    # change the middle stage: it and everything downstream rerun, the first stage stays cached
+    run_pipeline(recipe(str(tmp_path), total={"scale": 2}))
+    out = capsys.readouterr().out
+    assert "[1/3] numbers: cached" in out
+    assert "[2/3] total: running" in out and "[3/3] train: running" in out
+    assert json.loads((tmp_path / "total" / "sum.json").read_text()) == {"sum": 90}
+
+
+def test_changed_upstream_output_reruns_downstream(tmp_path, capsys):
+    run_pipeline(recipe(str(tmp_path)))
+    run_pipeline(recipe(str(tmp_path), numbers={"offset": 1}))
+    out = capsys.readouterr().out
+    assert "[2/3] total: running" in out
+    assert Manifest(tmp_path).stages["total"]["metrics"]["sum"] == 55
+
+
+def test_stage_subset_uses_earlier_outputs_and_needs_them(tmp_path):
+    with pytest.raises(PipelineError, match="needs input 'numbers' from stage 'numbers', which is not run"):
+        run_pipeline(_subset(tmp_path, ["total"]))
+    run_pipeline(_subset(tmp_path, ["numbers"]))
+    assert _statuses(tmp_path) == {"numbers": "completed"}
+    run_pipeline(_subset(tmp_path, ["total"]))
+    assert _statuses(tmp_path) == {"numbers": "completed", "total": "completed"}
+
+
+def _subset(tmp_path, stages):
+    cfg = recipe(str(tmp_path))
+    cfg.stages = stages
+    return cfg
+
+
+def test_tampered_output_is_redone(tmp_path):
+    run_pipeline(recipe(str(tmp_path)))
+    (tmp_path / "total" / "sum.json").write_text('{"sum": -1}')
+    run_pipeline(recipe(str(tmp_path)))
+    assert json.loads((tmp_path / "total" / "sum.json").read_text()) == {"sum": 45}
+
+
+def test_unknown_stage_key_fails_before_running_naming_it(tmp_path):
+    cfg = recipe(str(tmp_path), train={"stepz": 3})
+    with pytest.raises(PipelineError, match=r"stage\.train\.stepz") as e:
+        run_pipeline(cfg)
+    assert "known keys of TrainConfig: steps, delay_s" in str(e.value)
+    assert not (tmp_path / "manifest.json").exists()  # nothing ran, nothing written
+
+
+def test_unwritable_run_dir(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(PipelineError, match=f"cannot write run directory {blocker}/run"):
+        run_pipeline(recipe(str(blocker / "run")))
+
+
+def test_explicit_path_input(tmp_path):
+    data = tmp_path / "given.jsonl"
+    data.write_text('{"value": 7}\n{"value": 5}\n')
+    cfg = recipe(str(tmp_path / "run"), total={"inputs": {"numbers": str(data)}})
+    cfg.stages = ["total"]
+    run_pipeline(cfg)
+    assert Manifest(tmp_path / "run").stages["total"]["metrics"]["sum"] == 12
+
+
+def _start(run_dir, overrides):
+    return subprocess.Popen([sys.executable, "-m", "tests.pipeline.stages", str(run_dir), json.dumps(overrides)],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def _wait_for(pred, timeout=30.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        if pred():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not reached")
+
+
+def test_sigkill_mid_write_leaves_no_corrupt_artifact_and_rerun_completes(tmp_path):
+    proc = _start(tmp_path, {"numbers": {"n": 200, "delay_s": 0.02}})
+    stage_dir = tmp_path / "numbers"
+    _wait_for(lambda: stage_dir.exists() and any(p.name.endswith(".tmp") for p in stage_dir.iterdir()))
+    time.sleep(0.3)  # the temp file is half written now
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (stage_dir / "numbers.jsonl").exists()
+    assert _statuses(tmp_path) == {"numbers": "running"}
+    run_pipeline(recipe(str(tmp_path), numbers={"n": 200}))
+    assert len(read_jsonl(stage_dir / "numbers.jsonl")) == 200
+    assert set(_statuses(tmp_path).values()) == {"completed"}
+
+
+def test_killed_training_stage_resumes_from_last_checkpoint(tmp_path):
+    over = {"train": {"steps": 12, "delay_s": 0.1}}
+    proc = _start(tmp_path, over)
+    ckpts = tmp_path / "train" / "checkpoints"
+    _wait_for(lambda: (ckpts / "checkpoint-3" / "trainer_state.json").exists())
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    run_pipeline(recipe(str(tmp_path), **over))  # same config: the stage folder is kept
+    final = json.loads((tmp_path / "train" / "final.json").read_text())
+    assert final["resumed_from"] >= 3 and final["steps"] == 12
+
+
+def test_cli_reports_unknown_key_and_exits_nonzero(capsys):
+    assert main(["+nonsense_key=1"]) == 2
+    assert "nonsense_key" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("recipe_file", sorted(p.stem for p in (REPO / "recipes" / "pipeline").glob("*.yaml")))
+def test_every_pipeline_recipe_composes_and_validates(recipe_file):
+    cfg = compose([f"pipeline={recipe_file}"])
+    planned = plan(cfg)  # imports every runner and checks every stage block against its schema
+    assert [p.name for p in planned] == list(cfg.pipeline.order)

@@ -1,0 +1,207 @@
+"""Preference-pair construction for online DPO: n scored candidates of one prompt -> at most one pair.
+
+The Yi-Lightning recipe samples 16 responses per prompt from the newest policy, scores each with
+the reward model, and trains DPO on "highest vs lowest" with a minimum reward gap. Where the
+prompt has a known answer (math, code with tests), a verifier's verdict is combined with the
+reward-model score. This module is that selection rule and nothing else: pure functions over
+plain data, so the table of cases in ``tests/train/test_pairs.py`` pins it down.
+
+    cands = [Candidate(text, reward=rm_score, passed=verdict_or_None), ...]
+    pair = select_pair(cands, PairRule(rule="best_worst", min_gap=0.5, verifier="veto"), rng)
+    # -> Pair(chosen=i, rejected=j, margin=..., why="reward"|"verifier") or Drop(reason)
+
+Verifier combinations (``PairRule.verifier``):
+
+- ``veto`` (default): a verifier-failed candidate is never chosen. Ranking for the rejected side
+  puts failed candidates below every other one (then by reward). A pair whose chosen passed and
+  whose rejected failed is kept whatever the reward gap (the verifier is ground truth there, and
+  exactly these pairs correct the reward model); any other pair needs the reward gap.
+- ``bonus``: score = reward + ``verifier_bonus`` for a passed candidate (failed and unknown add
+  0); chosen/rejected and the gap are taken on that score; a failed candidate can be chosen when
+  the reward model likes it enough.
+- ``ignore``: reward only; verdicts are recorded but play no part.
+
+Ties (a gap of exactly 0, or identical texts) are always dropped, whatever ``min_gap``. Run the
+tests with ``python -m pytest -q tests/train/test_pairs.py``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Sequence
+
+RULES = ("best_worst", "best_random")
+VERIFIER_MODES = ("veto", "bonus", "ignore")
+DROP_REASONS = ("too_few", "all_failed", "tie", "small_gap")
+
+
+@dataclass
+class PairRule:
+    """How one prompt's candidates become a preference pair.
+
+    Args:
+        rule (`str`, *optional*, defaults to `"best_worst"`): ``best_worst`` pairs the highest-scored
+            candidate with the lowest (the report's rule); ``best_random`` pairs the highest with a
+            uniformly drawn other candidate among those that clear ``min_gap``.
+        min_gap (`float`, *optional*, defaults to `0.5`): smallest score gap (chosen - rejected) for a
+            pair to be kept; the report states a minimum gap but not its value, 0.5 reward units is
+            ours. Gaps of 0 (ties) are dropped even when ``min_gap`` is 0.
+        verifier (`str`, *optional*, defaults to `"veto"`): how verdicts combine with reward scores:
+            ``veto``, ``bonus`` or ``ignore`` (see the module docstring).
+        verifier_bonus (`float`, *optional*, defaults to `1.0`): added to a passed candidate's score
+            in ``bonus`` mode.
+    """
+
+    rule: str = "best_worst"
+    min_gap: float = 0.5
+    verifier: str = "veto"
+    verifier_bonus: float = 1.0
+
+    def __post_init__(self):
+        if self.rule not in RULES:
+            raise ValueError(f"pair rule must be one of {RULES}, got {self.rule!r}")
+        if self.verifier not in VERIFIER_MODES:
+            raise ValueError(f"pair verifier mode must be one of {VERIFIER_MODES}, got {self.verifier!r}")
+        if not self.min_gap >= 0:
+            raise ValueError(f"pair min_gap must be >= 0, got {self.min_gap}")
+
+
+@dataclass
+class Candidate:
+    """One sampled response with its feedback.
+
+    Args:
+        text (`str`): the response.
+        reward (`float`): reward-model score.
+        passed (`bool | None`, *optional*): verifier verdict; ``None`` when the prompt has no known
+            answer (or no verifier is configured).
+    """
+
+    text: str
+    reward: float
+    passed: bool | None = None
+
+
+@dataclass
+class Pair:
+    """A kept pair: indices into the candidate list, and why it was kept."""
+
+    chosen: int
+    rejected: int
+    chosen_score: float
+    rejected_score: float
+    why: str  # "reward": the score gap decided; "verifier": passed vs failed decided
+
+    @property
+    def margin(self) -> float:
+        return self.chosen_score - self.rejected_score
+
+
+@dataclass
+class Drop:
+    """No pair for this prompt; ``reason`` is one of ``DROP_REASONS``."""
+
+    reason: str
+
+
+def combined_scores(cands: Sequence[Candidate], rule: PairRule) -> list[float]:
+    """The score each candidate is ranked by under ``rule.verifier``."""
+    if rule.verifier == "bonus":
+        return [c.reward + (rule.verifier_bonus if c.passed else 0.0) for c in cands]
+    return [float(c.reward) for c in cands]
+
+
+def select_pair(cands: Sequence[Candidate], rule: PairRule, rng: random.Random | None = None) -> Pair | Drop:
+    """Pick (chosen, rejected) among one prompt's candidates, or say why there is none.
+
+    Args:
+        cands (`Sequence[Candidate]`): the prompt's scored candidates (any order).
+        rule (`PairRule`): the selection rule.
+        rng (`random.Random`, *optional*): used by ``best_random`` only; pass a seeded one for
+            reproducible pairs.
+
+    Returns:
+        `Pair | Drop`: the pair (indices into ``cands``), or the drop reason.
+    """
+    for i, c in enumerate(cands):
+        if not math.isfinite(c.reward):
+            raise ValueError(f"candidate {i} has a non-finite reward {c.reward!r}")
+    if len(cands) < 2:
+        return Drop("too_few")
+    scores = combined_scores(cands, rule)
+    veto = rule.verifier == "veto"
+
+    # Chosen: the best score among those allowed to be chosen; lowest index wins a tie so the
+    # result does not depend on sort stability.
+    eligible = [i for i, c in enumerate(cands) if not (veto and c.passed is False)]
+    if not eligible:
+        return Drop("all_failed")
+    best = max(eligible, key=lambda i: (scores[i], -i))
+
+    def decided_by_verifier(j: int) -> bool:
+        return veto and cands[best].passed is True and cands[j].passed is False
+
+    def keeps(j: int) -> bool:
+        if cands[j].text == cands[best].text:
+            return False
+        if decided_by_verifier(j):
+            return True
+        gap = scores[best] - scores[j]
+        return gap > 0 and gap >= rule.min_gap
+
+    others = [j for j in range(len(cands)) if j != best]
+    if rule.rule == "best_worst":
+        # Failed candidates rank below all others for rejection under veto, then by score.
+        worst = min(others, key=lambda j: (0 if (veto and cands[j].passed is False) else 1, scores[j], j))
+        picks = [worst] if keeps(worst) else []
+        probe = worst
+    else:
+        picks = [j for j in others if keeps(j)]
+        probe = min(others, key=lambda j: (scores[j], j))
+    if not picks:
+        gap = scores[best] - scores[probe]
+        tie = gap <= 0 or cands[probe].text == cands[best].text
+        return Drop("tie" if tie else "small_gap")
+    rejected = picks[0] if len(picks) == 1 else (rng or random.Random(0)).choice(picks)
+    return Pair(
+        chosen=best,
+        rejected=rejected,
+        chosen_score=scores[best],
+        rejected_score=scores[rejected],
+        why="verifier" if decided_by_verifier(rejected) else "reward",
+    )
+
+
+@dataclass
+class PairStats:
+    """Counts over a round's prompts: kept pairs, drop reasons, margins."""
+
+    prompts: int = 0
+    pairs: int = 0
+    by_verifier: int = 0
+    drops: Counter = field(default_factory=Counter)
+    margins: list[float] = field(default_factory=list)
+
+    def add(self, result: Pair | Drop) -> None:
+        self.prompts += 1
+        if isinstance(result, Drop):
+            self.drops[result.reason] += 1
+            return
+        self.pairs += 1
+        self.by_verifier += result.why == "verifier"
+        self.margins.append(result.margin)
+
+    def as_metrics(self) -> dict[str, float | int]:
+        out: dict[str, float | int] = {
+            "pairs": self.pairs,
+            "pairs_per_prompt": self.pairs / self.prompts if self.prompts else 0.0,
+            "pairs_by_verifier": self.by_verifier,
+            "pair_margin_mean": sum(self.margins) / len(self.margins) if self.margins else 0.0,
+            "pair_margin_min": min(self.margins) if self.margins else 0.0,
+        }
+        for reason in DROP_REASONS:
+            out[f"dropped_{reason}"] = self.drops[reason]
+        return out

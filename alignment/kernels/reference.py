@@ -73,9 +73,10 @@ def moe_experts(
         raise ValueError(f"topk_idx {tuple(topk_idx_TK.shape)} and topk_w {tuple(topk_w_TK.shape)} must both be [T={T}, K]")
     I = two_I // 2
     order_M, token_M, counts_E = moe_routing(topk_idx_TK, E)
-    w_M = topk_w_TK.reshape(-1)[order_M].float()
+    acc_dtype = torch.promote_types(x_TD.dtype, torch.float32)  # fp32 accumulation, fp64 stays fp64
+    w_M = topk_w_TK.reshape(-1)[order_M].to(acc_dtype)
     x_MD = x_TD[token_M]
-    out_TD = x_TD.new_zeros((T, D), dtype=torch.float32)
+    out_TD = x_TD.new_zeros((T, D), dtype=acc_dtype)
     # One Python iteration per *expert* (not per token); .tolist() syncs once instead of per expert.
     start = 0
     for e, n in enumerate(counts_E.tolist()):
@@ -84,7 +85,7 @@ def moe_experts(
         xe = x_MD[start : start + n]
         gu = xe @ w_gate_up_E2ID[e].t()
         h = F.silu(gu[:, :I]) * gu[:, I:]
-        ye = (h @ w_down_EDI[e].t()).float() * w_M[start : start + n, None]
+        ye = (h @ w_down_EDI[e].t()).to(acc_dtype) * w_M[start : start + n, None]
         out_TD = out_TD.index_add(0, token_M[start : start + n], ye)
         start += n
     return out_TD.to(x_TD.dtype)

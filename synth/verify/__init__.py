@@ -1,0 +1,59 @@
+"""Verifiers: decide whether a response solves a problem.
+
+    from synth.verify import get_verifier, Verdict
+    verdict = get_verifier("math").verify(problem, response)   # or "code"
+
+``Verdict.passed`` is the accept decision; ``score`` is in [0, 1]; ``detail`` says why in one
+line; ``error_kind`` is None when the verdict is about the response, or names an
+infrastructure fault (e.g. ``"infra"``: the sandbox itself failed) that must not be read as
+"the response is wrong". Verifiers are total: malformed or hostile responses give a
+failing verdict, never an exception.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of verifying one response.
+
+    Args:
+        passed (`bool`): the response is accepted.
+        score (`float`): reward in [0, 1] (1.0 when passed).
+        detail (`str`): a short human-readable reason (``"ok"``, ``"wrong: got 3, want 4"``,
+            ``"timeout: 5.0s wall"``).
+        error_kind (`str | None`, *optional*, defaults to `None`): ``None`` when the verdict
+            judges the response; ``"infra"`` when the verifier could not judge it (sandbox
+            failed to start, harness crashed before the candidate ran). Callers must not
+            train on or score such verdicts as failures.
+    """
+
+    passed: bool
+    score: float
+    detail: str
+    error_kind: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"passed": self.passed, "score": self.score, "detail": self.detail, "error_kind": self.error_kind}
+
+
+def get_verifier(kind: str, **kwargs: Any):
+    """Return the verifier for problems of ``kind`` (``"math"`` or ``"code"``).
+
+    ``kwargs`` go to the verifier's constructor (e.g. ``timeout_s=`` for code).
+    """
+    if kind == "math":
+        from synth.verify.math import MathVerifier
+
+        return MathVerifier(**kwargs)
+    if kind == "code":
+        from synth.verify.code import CodeVerifier
+
+        return CodeVerifier(**kwargs)
+    raise ValueError(f"unknown verifier kind {kind!r}; expected 'math' or 'code'")
+
+
+__all__ = ["Verdict", "get_verifier"]

@@ -286,7 +286,12 @@ def run_pipeline(cfg: DictConfig) -> dict[str, dict]:
                         metrics=result.metrics, wall_time_s=round(wall, 2), finished=time.time(), error=None)
         print(f"{tag}: done in {wall:.1f}s  {format_metrics(result.metrics)}", flush=True)
 
-    print(stage_table(manifest, [p.name for p in planned]), flush=True)
+    print(stage_table(manifest, order), flush=True)
+    if planned:
+        from alignment.report import write_report
+
+        md, page = write_report(run_dir, order, title=f"{cfg.pipeline.name}: {cfg.pipeline.description}".rstrip(": "))
+        print(f"report: {md} and {page}", flush=True)
     return manifest.stages
 
 

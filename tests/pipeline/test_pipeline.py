@@ -34,7 +34,8 @@ def test_runs_all_stages_and_writes_manifest(tmp_path, capsys):
     assert entry["wall_time_s"] >= 0
     assert json.loads((tmp_path / "total" / "sum.json").read_text()) == {"sum": 45}
     out = capsys.readouterr().out
-    assert "[2/3] total: done" in out and "stage" in out.splitlines()[-5]  # final table printed
+    assert "[2/3] total: done" in out
+    assert any(line.startswith("stage ") and "status" in line for line in out.splitlines())  # final table
 
 
 def test_rerun_skips_unchanged_and_reruns_changed_and_downstream(tmp_path, capsys):
@@ -158,3 +159,12 @@ def test_every_pipeline_recipe_composes_and_validates(recipe_file):
     cfg = compose([f"pipeline={recipe_file}"])
     planned = plan(cfg)  # imports every runner and checks every stage block against its schema
     assert [p.name for p in planned] == list(cfg.pipeline.order)
+
+
+def test_report_has_table_and_embedded_plots(tmp_path):
+    run_pipeline(recipe(str(tmp_path)))
+    md = (tmp_path / "report.md").read_text()
+    assert "| total | completed |" in md and "sum=45" in md
+    assert (tmp_path / "report_assets" / "time_per_stage.png").stat().st_size > 1000
+    page = (tmp_path / "report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 1 and "<td>train</td>" in page

@@ -1,0 +1,140 @@
+"""The pipeline report: ``runs/<name>/report.md`` and ``report.html`` from the manifest.
+
+Written after every pipeline run (atomically). It holds the per-stage table (status, wall
+time, metrics) and plots where a table would be hard to read: time per stage, metrics
+that several stages share (losses, held-out accuracy after each stage), and the eval
+stage's accuracy per checkpoint. The HTML embeds its images (base64 PNG) so it is one
+self-contained file; the markdown links the same PNGs in ``report_assets/``.
+
+Run alone on an existing run directory:
+
+    python -m alignment.report runs/tiny_cpu
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import re
+import sys
+from pathlib import Path
+
+from alignment.artifacts import Manifest, atomic_write_bytes, atomic_write_text
+
+# Eval metrics are named "<checkpoint stage>/<metric>", e.g. "sft_hard/math_heldout_acc".
+_EVAL_KEY = re.compile(r"^(?P<stage>[A-Za-z0-9_]+)/(?P<metric>.+)$")
+
+
+def _num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _fmt(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _figures(stages: dict[str, dict], order: list[str]) -> list[tuple[str, bytes]]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figs: list[tuple[str, "plt.Figure"]] = []
+    done = [s for s in order if stages.get(s, {}).get("status") == "completed"]
+
+    if done:
+        fig, ax = plt.subplots(figsize=(7, 3))
+        ax.bar(done, [stages[s].get("wall_time_s", 0) for s in done], color="#4C72B0")
+        ax.set_ylabel("wall time (s)")
+        ax.set_title("Time per stage")
+        ax.tick_params(axis="x", rotation=30)
+        figs.append(("time_per_stage", fig))
+
+    # eval metrics: accuracy of each stage's checkpoint on each held-out set
+    evals: dict[str, dict[str, float]] = {}
+    for s in done:
+        for k, v in stages[s].get("metrics", {}).items():
+            m = _EVAL_KEY.match(k)
+            if m and _num(v) and m["stage"] in order:
+                evals.setdefault(m["metric"], {})[m["stage"]] = float(v)
+    if evals:
+        fig, ax = plt.subplots(figsize=(7, 3.2))
+        for metric, per_stage in sorted(evals.items()):
+            xs = [s for s in order if s in per_stage]
+            ax.plot(xs, [per_stage[s] for s in xs], marker="o", label=metric)
+        ax.set_title("Held-out verified metrics after each stage")
+        ax.legend(fontsize=7)
+        ax.tick_params(axis="x", rotation=30)
+        figs.append(("eval_per_stage", fig))
+
+    # numeric metrics reported by two or more stages (train loss, aux loss, tokens/s, ...)
+    shared: dict[str, dict[str, float]] = {}
+    for s in done:
+        for k, v in stages[s].get("metrics", {}).items():
+            if _num(v) and not _EVAL_KEY.match(k):
+                shared.setdefault(k, {})[s] = float(v)
+    shared = {k: v for k, v in shared.items() if len(v) >= 2}
+    if shared:
+        keys = sorted(shared)[:9]
+        cols = min(3, len(keys))
+        rows = (len(keys) + cols - 1) // cols
+        fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.6 * rows), squeeze=False)
+        for ax, key in zip(axes.flat, keys):
+            xs = [s for s in order if s in shared[key]]
+            ax.bar(xs, [shared[key][s] for s in xs], color="#55A868")
+            ax.set_title(key, fontsize=9)
+            ax.tick_params(axis="x", rotation=40, labelsize=7)
+        for ax in list(axes.flat)[len(keys):]:
+            ax.axis("off")
+        fig.suptitle("Metrics shared across stages")
+        figs.append(("shared_metrics", fig))
+
+    out = []
+    for name, fig in figs:
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110)
+        plt.close(fig)
+        out.append((name, buf.getvalue()))
+    return out
+
+
+def write_report(run_dir: str | Path, order: list[str], title: str = "") -> tuple[Path, Path]:
+    """Write report.md and report.html for the run; returns their paths."""
+    run_dir = Path(run_dir)
+    stages = Manifest(run_dir).stages
+    title = title or f"Pipeline report: {run_dir.name}"
+    images = _figures(stages, order)
+    for name, png in images:
+        atomic_write_bytes(run_dir / "report_assets" / f"{name}.png", png)
+
+    md = [f"# {title}", "", "| stage | status | wall s | metrics |", "|---|---|---|---|"]
+    rows_html = []
+    for s in order:
+        e = stages.get(s, {})
+        metrics = ", ".join(f"{k}={_fmt(v)}" for k, v in e.get("metrics", {}).items() if _num(v) or isinstance(v, str))
+        md.append(f"| {s} | {e.get('status', 'not run')} | {_fmt(e.get('wall_time_s', '-'))} | {metrics} |")
+        rows_html.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in
+                                          (s, e.get("status", "not run"), _fmt(e.get("wall_time_s", "-")), metrics)) + "</tr>")
+    total = sum(e.get("wall_time_s", 0) for e in stages.values() if e.get("status") == "completed")
+    md += ["", f"Total wall time of completed stages: {total:.1f} s", ""]
+    md += [f"![{name}](report_assets/{name}.png)" for name, _ in images]
+    imgs_html = "".join(
+        f'<figure><img alt="{name}" src="data:image/png;base64,{base64.b64encode(png).decode()}"/>'
+        f"<figcaption>{name}</figcaption></figure>" for name, png in images)
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;font-size:13px}}
+img{{max-width:100%}}</style></head><body><h1>{html.escape(title)}</h1>
+<table><tr><th>stage</th><th>status</th><th>wall s</th><th>metrics</th></tr>{''.join(rows_html)}</table>
+<p>Total wall time of completed stages: {total:.1f} s</p>{imgs_html}</body></html>"""
+    md_path = atomic_write_text(run_dir / "report.md", "\n".join(md) + "\n")
+    html_path = atomic_write_text(run_dir / "report.html", page)
+    return md_path, html_path
+
+
+if __name__ == "__main__":
+    run = Path(sys.argv[1])
+    order = list(Manifest(run).stages)
+    for p in write_report(run, order):
+        print(p)

@@ -1,5 +1,17 @@
-"""Samplers: one protocol, several backends (see base.py)."""
+"""Samplers: one protocol (base.py), three backends, one builder.
+
+    from alignment.sampling import build_sampler, SamplingParams
+    sampler = build_sampler(cfg.sampler, checkpoint_dir, device="cuda")
+    groups = sampler.generate(prompts, n=16, params=SamplingParams(temperature=1.0, stop=["</answer>"]))
+
+Backends: ``native`` (native.py: the in-repo model, one prefill per prompt shared by its n
+samples, batched decode over its own KV cache), ``hf`` (hf.py: ``transformers`` ``generate``,
+the baseline) and ``vllm`` (vllm_backend.py + vllm_plugin.py, optional extra). Tests:
+``python -m pytest -q tests/sampling``; speed: ``python bench/sampling.py``.
+"""
 
 from alignment.sampling.base import Message, Prompt, Sample, Sampler, SamplingParams
+from alignment.sampling.build import build_sampler
+from alignment.sampling.config import SamplerConfig
 
-__all__ = ["Message", "Prompt", "Sample", "Sampler", "SamplingParams"]
+__all__ = ["Message", "Prompt", "Sample", "Sampler", "SamplingParams", "SamplerConfig", "build_sampler"]

@@ -1,0 +1,50 @@
+"""Batching shared by the in-process backends (native, hf): which prompts go together, left
+padding, and the checks every ``generate`` call runs on its arguments."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from alignment.sampling.base import SamplingParams
+from alignment.sampling.config import SamplerConfig
+
+
+def check_params(n: int, params: SamplingParams) -> None:
+    """Fail early, naming the field, instead of deep inside a decode loop."""
+    if not isinstance(params, SamplingParams):
+        raise TypeError(f"params must be alignment.sampling.SamplingParams, got {type(params).__name__}")
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n (samples per prompt) must be a positive int, got {n!r}")
+    if params.max_new_tokens < 1:
+        raise ValueError(f"SamplingParams.max_new_tokens must be >= 1, got {params.max_new_tokens}")
+    if params.temperature < 0 or math.isnan(params.temperature):
+        raise ValueError(f"SamplingParams.temperature must be >= 0, got {params.temperature}")
+    if not 0.0 < params.top_p <= 1.0:
+        raise ValueError(f"SamplingParams.top_p must be in (0, 1], got {params.top_p}")
+    if params.top_k < 0:
+        raise ValueError(f"SamplingParams.top_k must be >= 0 (0 = off), got {params.top_k}")
+    if isinstance(params.stop, str):
+        raise TypeError(f"SamplingParams.stop must be a list of strings, got the string {params.stop!r}")
+
+
+def plan_batches(lengths: list[int], n: int, cfg: SamplerConfig) -> list[list[int]]:
+    """Split prompt indices into batches of at most ``max_prompts_per_batch`` prompts and
+    ``max_batch_size`` decode rows (prompts x n). With ``sort_by_length`` prompts of similar
+    length share a batch (longest first, so a too-large batch fails on the first one)."""
+    per = max(1, min(cfg.max_prompts_per_batch, cfg.max_batch_size // n))
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i]) if cfg.sort_by_length else list(range(len(lengths)))
+    return [order[i : i + per] for i in range(0, len(order), per)]
+
+
+def left_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)`` [B, max_len] with the padding on the left, so every row's
+    next token goes to the same column and the last column is every row's last prompt token."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+        mask[i, width - len(r) :] = 1
+    return ids.to(device), mask.to(device)

@@ -1,0 +1,114 @@
+"""SamplerConfig: the schema of the ``sampler`` recipe group (recipes/sampler/{native,hf,vllm}.yaml).
+
+A stage that samples pulls the group by interpolation (``sampler: ${sampler}``) and hands it,
+with the checkpoint to sample from, to :func:`alignment.sampling.build_sampler`::
+
+    sampler = build_sampler(cfg.sampler, ctx.input("policy", "model"), device=ctx.device)
+
+``cfg`` may be a :class:`SamplerConfig`, a plain dict or an OmegaConf node; unknown keys fail
+naming the key, so a typo in a recipe never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from omegaconf import DictConfig, OmegaConf
+
+BACKENDS = ("native", "hf", "vllm")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass
+class SamplerConfig:
+    """How to sample: which backend and how to batch. What to sample (temperature, stops, ...)
+    is per call, in :class:`alignment.sampling.SamplingParams`.
+
+    Args:
+        backend (`str`, *optional*, defaults to `"native"`): ``native`` (the in-repo model with its
+            own KV cache), ``hf`` (``transformers`` ``generate``, the baseline) or ``vllm``.
+        max_prompts_per_batch (`int`, *optional*, defaults to `16`): prompts prefilled together;
+            each is decoded ``n`` times, so a decode batch holds up to ``max_prompts_per_batch * n``
+            rows (capped by ``max_batch_size``).
+        max_batch_size (`int`, *optional*, defaults to `512`): decode rows (prompts x samples) at most
+            in one batch; fewer prompts per batch are taken when ``n`` is large.
+        dtype (`str`, *optional*, defaults to `"auto"`): ``auto`` (bfloat16 on CUDA, float32 on CPU),
+            ``float32``, ``bfloat16`` or ``float16``. Applied when the sampler loads a checkpoint; a
+            model object passed in is used as it is.
+        device (`str | None`, *optional*): overrides the ``device`` argument of ``build_sampler``.
+        cuda_graphs (`bool`, *optional*, defaults to `True`): native only: capture the decode step in
+            a CUDA graph (one per batch shape) on CUDA; ignored on CPU.
+        compile (`bool`, *optional*, defaults to `False`): native only: ``torch.compile`` the decode
+            step instead of capturing it by hand (measure before turning it on).
+        sort_by_length (`bool`, *optional*, defaults to `True`): group prompts of similar length into
+            one batch, to waste less on left padding; results keep the caller's order.
+        tensor_parallel_size (`int`, *optional*, defaults to `1`): vllm only: GPUs per model replica.
+        data_parallel_size (`int`, *optional*, defaults to `1`): vllm only: model replicas; prompts
+            are split between them (one ``vllm.LLM`` per replica, each in its own process group).
+        gpu_memory_utilization (`float`, *optional*, defaults to `0.85`): vllm only: share of GPU
+            memory for weights + KV cache.
+        max_model_len (`int | None`, *optional*): vllm only: context length to reserve KV for;
+            ``None`` takes the model config's.
+        enforce_eager (`bool`, *optional*, defaults to `False`): vllm only: disable its CUDA graphs.
+        model_impl (`str`, *optional*, defaults to `"auto"`): vllm only: ``auto`` uses the
+            out-of-tree registered architecture (alignment/sampling/vllm_plugin.py), ``transformers``
+            forces vLLM's Transformers backend.
+    """
+
+    backend: str = "native"
+    max_prompts_per_batch: int = 16
+    max_batch_size: int = 512
+    dtype: str = "auto"
+    device: str | None = None
+    cuda_graphs: bool = True
+    compile: bool = False
+    sort_by_length: bool = True
+    tensor_parallel_size: int = 1
+    data_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.85
+    max_model_len: int | None = None
+    enforce_eager: bool = False
+    model_impl: str = "auto"
+
+    def __post_init__(self):
+        if self.backend not in BACKENDS:
+            raise ValueError(f"sampler.backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"sampler.dtype must be one of {DTYPES}, got {self.dtype!r}")
+        for key in ("max_prompts_per_batch", "max_batch_size", "tensor_parallel_size", "data_parallel_size"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"sampler.{key} must be >= 1, got {getattr(self, key)}")
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ValueError(f"sampler.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        if self.model_impl not in ("auto", "transformers"):
+            raise ValueError(f"sampler.model_impl must be 'auto' or 'transformers', got {self.model_impl!r}")
+
+    @classmethod
+    def from_any(cls, cfg: "SamplerConfig | Mapping[str, Any] | None") -> "SamplerConfig":
+        """Coerce a dataclass, dict or OmegaConf node to a SamplerConfig; unknown keys raise."""
+        if cfg is None:
+            return cls()
+        if isinstance(cfg, cls):
+            return cfg
+        if isinstance(cfg, DictConfig):
+            # Resolve interpolations (``${...}``) before reading values.
+            cfg = OmegaConf.to_container(cfg, resolve=True)
+        if not isinstance(cfg, Mapping):
+            raise TypeError(f"sampler config must be a SamplerConfig or a mapping, got {type(cfg).__name__}")
+        items = dict(cfg)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(items) - known - {"_target_"})
+        if unknown:
+            raise ValueError(f"unknown sampler config key(s) {unknown}; known keys are {sorted(known)}")
+        items.pop("_target_", None)
+        return cls(**items)
+
+    def torch_dtype(self, device: str):
+        """The torch dtype to load weights in on ``device`` (``auto``: bf16 on CUDA, fp32 elsewhere)."""
+        import torch
+
+        if self.dtype == "auto":
+            return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+        return getattr(torch, self.dtype)

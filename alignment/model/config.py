@@ -198,7 +198,8 @@ class YiLightningConfig(PreTrainedConfig):
 
 
 def _config_fields() -> set[str]:
-    return {f.name for f in dataclasses.fields(YiLightningConfig)} | {"pad_token_id", "bos_token_id", "eos_token_id"}
+    # num_labels is an init-only PreTrainedConfig argument (it builds id2label), not a dataclass field.
+    return {f.name for f in dataclasses.fields(YiLightningConfig)} | {"num_labels"}
 
 
 def load_preset(name: str, **overrides: Any) -> YiLightningConfig:

@@ -195,8 +195,32 @@ def sweep(label):
             moe_mod._GEMM_CONFIGS[kern] = base[kern]
 
 
+def profile(label):
+    """Per-kernel CUDA time of ours forward+backward at one shape (--profile), from torch.profiler."""
+    from alignment.kernels import moe_experts
+
+    x, w_gu, w_down, idx, w = make_inputs(**SHAPES[label])
+    leaves = [t.clone().requires_grad_() for t in (x, w_gu, w_down, w)]
+    dy = torch.randn_like(x)
+
+    def run():
+        for t in leaves:
+            t.grad = None
+        moe_experts(leaves[0], leaves[1], leaves[2], idx, leaves[3], impl="triton").backward(dy)
+
+    for _ in range(3):
+        run()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(5):
+            run()
+        torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=40))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--profile", default=None, help="instead of the table, profile ours per kernel at this shape")
     p.add_argument("--sweep", default=None, help="instead of the table, sweep tile configs at this shape")
     p.add_argument("--shapes", default="anchor,fine,decode")
     p.add_argument("--impls", default="loop,hf_eager,hf_grouped,grouped_mm,ours,dense")
@@ -205,6 +229,8 @@ def main():
     print(torch.cuda.get_device_name(), "torch", torch.__version__)
     if args.sweep:
         return sweep(args.sweep)
+    if args.profile:
+        return profile(args.profile)
     all_rows = []
     for label in args.shapes.split(","):
         rows, err = run_shape(label, **SHAPES[label], impls=args.impls.split(","))

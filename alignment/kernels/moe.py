@@ -46,6 +46,9 @@ _GEMM_CONFIGS = {
     "wgrad": (128, 128, 8, 3),  # (BLOCK_P, BLOCK_Q, warps, stages); BLOCK_M of the reduction is 64
 }
 _WGRAD_BLOCK_M = 64
+# Backward keeps h = silu(g) * u ([Mp, I], written by _down_bwd) for the dW_down kernel instead of
+# recomputing it there once per D block; False trades that transient buffer for the recompute.
+STORE_H_IN_BACKWARD = True
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
@@ -135,7 +138,7 @@ def moe_forward(
     h = torch.empty((Mp, I), dtype=x.dtype, device=x.device)
     gu = torch.empty((Mp if save_for_backward else 0, two_I), dtype=x.dtype, device=x.device)
     bn, bk, warps, stages = _cfg("gate_up", x.dtype)
-    K._gate_up_fwd[(n_tiles, triton.cdiv(I, bn))](
+    K._gate_up_fwd[(triton.cdiv(I, bn), n_tiles)](
         x, w_gu, slot, tile_expert, gu, h, D, I, Kt, x.stride(0), w_gu.stride(0), w_gu.stride(1),
         SAVE_GU=save_for_backward, PREC=_prec(x.dtype),
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages,
@@ -144,7 +147,7 @@ def moe_forward(
     tw = topk_w.contiguous().to(torch.float32).reshape(-1)
     bn, bk, warps, stages = _cfg("scatter", x.dtype)
     # down: B[k, n] = w_down[e, n, k]
-    K._mm_scatter[(n_tiles, triton.cdiv(D, bn))](
+    K._mm_scatter[(triton.cdiv(D, bn), n_tiles)](
         h, w_down, slot, tile_expert, tw, y32, D, I, Kt,
         h.stride(0), w_down.stride(0), 1, w_down.stride(1), y32.stride(0),
         HAS_SCALE=True, PREC=_prec(x.dtype),
@@ -186,16 +189,18 @@ def moe_backward(
     tw = topk_w.contiguous().to(torch.float32).reshape(-1)
     dtw = torch.zeros_like(tw)
     dgu = torch.empty_like(gu)
+    store_h = STORE_H_IN_BACKWARD
+    h = torch.empty((Mp if store_h else 0, I), dtype=x.dtype, device=x.device)
     bn, bk, warps, stages = _cfg("down_bwd", x.dtype)
-    K._down_bwd[(n_tiles, triton.cdiv(I, bn))](
-        dy, w_down, gu, slot, tile_expert, tw, dgu, dtw, D, I, top_k,
+    K._down_bwd[(triton.cdiv(I, bn), n_tiles)](
+        dy, w_down, gu, slot, tile_expert, tw, dgu, dtw, h, D, I, top_k,
         dy.stride(0), w_down.stride(0), w_down.stride(1),
-        PREC=prec, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages,
+        STORE_H=store_h, PREC=prec, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages,
     )
     dx32 = torch.zeros((T, D), dtype=torch.float32, device=x.device)
     bn, bk, warps, stages = _cfg("scatter", x.dtype)
     # dx: B[k, n] = w_gu[e, k, n]
-    K._mm_scatter[(n_tiles, triton.cdiv(D, bn))](
+    K._mm_scatter[(triton.cdiv(D, bn), n_tiles)](
         dgu, w_gu, slot, tile_expert, tw, dx32, D, two_I, top_k,
         dgu.stride(0), w_gu.stride(0), w_gu.stride(1), 1, dx32.stride(0),
         HAS_SCALE=False, PREC=prec,
@@ -205,9 +210,9 @@ def moe_backward(
     wbm = min(_WGRAD_BLOCK_M, bm)  # must divide the segment padding
     dw_down = torch.empty_like(w_down)
     K._wgrad[(triton.cdiv(D, bp) * triton.cdiv(I, bq), E)](
-        dy, gu, slot, pad_off, tw, dw_down, D, I, I, top_k,
-        dy.stride(0), gu.stride(0), dw_down.stride(0),
-        L_GATHER=True, L_SCALE=True, R_GATHER=False, R_SWIGLU=True, PREC=prec,
+        dy, h if store_h else gu, slot, pad_off, tw, dw_down, D, I, I, top_k,
+        dy.stride(0), h.stride(0) if store_h else gu.stride(0), dw_down.stride(0),
+        L_GATHER=True, L_SCALE=True, R_GATHER=False, R_SWIGLU=not store_h, PREC=prec,
         BLOCK_M=wbm, BLOCK_P=bp, BLOCK_Q=bq, num_warps=warps, num_stages=stages,
     )
     dw_gu = torch.empty_like(w_gu)

@@ -49,8 +49,10 @@ def _gate_up_fwd(
     SAVE_GU: tl.constexpr, PREC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
+    # N blocks vary fastest: the programs sharing one gathered row tile run together, so the tile is
+    # read from HBM once and re-read from L2; the expert's weights stay in L2 across its row tiles.
+    pid_n = tl.program_id(0)
+    pid_m = tl.program_id(1)
     e = tl.load(tile_expert_ptr + pid_m)
     if e < 0:
         return
@@ -100,8 +102,10 @@ def _mm_scatter(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """out[tok(m), :] += scale[slot(m)] * sum_k a[m, k] * W[e, k, n]  (fp32 atomics: the fused scatter-add)."""
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
+    # N blocks vary fastest: the programs sharing one gathered row tile run together, so the tile is
+    # read from HBM once and re-read from L2; the expert's weights stay in L2 across its row tiles.
+    pid_n = tl.program_id(0)
+    pid_m = tl.program_id(1)
     e = tl.load(tile_expert_ptr + pid_m)
     if e < 0:
         return
@@ -131,15 +135,17 @@ def _mm_scatter(
 
 @triton.jit
 def _down_bwd(
-    dy_ptr, w_ptr, gu_ptr, slot_ptr, tile_expert_ptr, topk_w_ptr, dgu_ptr, dtopk_w_ptr,
+    dy_ptr, w_ptr, gu_ptr, slot_ptr, tile_expert_ptr, topk_w_ptr, dgu_ptr, dtopk_w_ptr, h_ptr,
     D, I, K_TOP,
     stride_dyt, stride_we, stride_wd,
-    PREC: tl.constexpr,
+    STORE_H: tl.constexpr, PREC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """Backward through the weighted down-projection and SwiGLU for one [BLOCK_M, BLOCK_N] tile of I."""
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
+    # N blocks vary fastest: the programs sharing one gathered row tile run together, so the tile is
+    # read from HBM once and re-read from L2; the expert's weights stay in L2 across its row tiles.
+    pid_n = tl.program_id(0)
+    pid_m = tl.program_id(1)
     e = tl.load(tile_expert_ptr + pid_m)
     if e < 0:
         return
@@ -169,7 +175,10 @@ def _down_bwd(
     u = tl.load(gu_ptrs + I, mask=omask, other=0.0).to(tl.float32)
     sig, silu = _silu_parts(g)
     # d(routing weight) = <dy, down(h)> = <dy @ w_down, h>, summed over this tile's share of I.
-    part = tl.sum(acc * (silu * u), axis=1)
+    h = silu * u
+    part = tl.sum(acc * h, axis=1)
+    if STORE_H:  # h for the dW_down kernel, so it need not recompute silu once per D block
+        tl.store(h_ptr + rows64 * I + cols[None, :], h.to(h_ptr.dtype.element_ty), mask=omask)
     tl.atomic_add(dtopk_w_ptr + safe_slot, part, mask=valid, sem="relaxed")
     w = tl.load(topk_w_ptr + safe_slot, mask=valid, other=0.0)
     dh = acc * w[:, None]

@@ -98,6 +98,14 @@ def test_gpu_real_sizes(shape, device):
     check_against_reference(shape, torch.bfloat16, device, seed=3)
 
 
+def test_backward_recomputing_h(device, monkeypatch):
+    """The memory-saving backward (dW_down rebuilds h from the saved gate/up) gives the same grads."""
+    from alignment.kernels import moe
+
+    monkeypatch.setattr(moe, "STORE_H_IN_BACKWARD", False)
+    check_against_reference(SHAPES[0], torch.float32, device)
+
+
 def test_fresh_inputs_every_seed(device):
     """The kernel computes the same function on fresh random inputs, not just one lucky draw."""
     for seed in (11, 12):

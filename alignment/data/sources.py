@@ -1,0 +1,189 @@
+"""SFT data sources: where rows come from and how they become chat records.
+
+A :class:`SourceSpec` (a recipe entry under ``data.<mixture>.sources``) names one source:
+
+- a local file: ``.jsonl`` / ``.jsonl.gz`` (one JSON object per line), ``.json`` (an array),
+  ``.parquet``, ``.arrow`` (an Arrow file written by ``datasets``), or a folder written by
+  ``Dataset.save_to_disk``;
+- a Hugging Face dataset id ``hf:<owner>/<name>`` (loaded with ``datasets.load_dataset``;
+  these stay in recipes for users with network access, tests never use them);
+- a builtin offline source ``builtin:<name>`` (:mod:`alignment.data.builtin`).
+
+Rows are normalised with :func:`alignment.data.records.normalize_row`. A bad row stops the
+load with an error naming the file and line, unless ``skip_bad_rows: true``, in which case it
+is dropped and counted per kind (the counts go into the mixture report and data card).
+
+Try it: ``python -m alignment.data.records my.jsonl`` lists the bad rows of a file.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from omegaconf import MISSING
+
+from alignment.data.builtin import LICENSES, builtin_records
+from alignment.data.records import FORMATS, BadRowError, normalize_row
+
+_MAX_BAD_EXAMPLES = 5
+
+
+@dataclass
+class SourceSpec:
+    """One source of a mixture.
+
+    Args:
+        name (`str`): source tag stored in every record (``source`` field) and in the card.
+        path (`str`): local path, ``hf:<dataset id>`` or ``builtin:<name>``.
+        format (`str`, *optional*, defaults to `"auto"`): ``auto``, ``messages``,
+            ``prompt_response`` or ``alpaca``.
+        split (`str`, *optional*, defaults to `"train"`): split for ``hf:`` sources.
+        subset (`str`, *optional*): config name for ``hf:`` sources.
+        weight (`float`, *optional*, defaults to `1.0`): share of the mixture's target count
+            (weights are normalised over the sources without an explicit ``count``).
+        count (`int`, *optional*): exact number of examples to draw from this source; overrides
+            ``weight``.
+        size (`int`, *optional*): number of examples a generated builtin source makes
+            (``builtin:synthetic_math``); ignored for files.
+        max_rows (`int`, *optional*): read at most this many rows (quick runs).
+        skip_bad_rows (`bool`, *optional*, defaults to `False`): drop and count malformed rows
+            instead of stopping at the first one.
+        license (`str`, *optional*): license note for the data card; builtins fill their own.
+    """
+
+    name: str = MISSING
+    path: str = MISSING
+    format: str = "auto"
+    split: str = "train"
+    subset: Optional[str] = None
+    weight: float = 1.0
+    count: Optional[int] = None
+    size: Optional[int] = None
+    max_rows: Optional[int] = None
+    skip_bad_rows: bool = False
+    license: Optional[str] = None
+
+
+@dataclass
+class LoadedSource:
+    """A loaded source: its records and what was dropped on the way."""
+
+    spec: SourceSpec
+    records: list[dict]
+    n_read: int = 0
+    n_bad: int = 0
+    bad_by_kind: Counter = field(default_factory=Counter)
+    bad_examples: list[str] = field(default_factory=list)
+
+    @property
+    def license(self) -> str:
+        if self.spec.license:
+            return self.spec.license
+        if self.spec.path.startswith("builtin:"):
+            return LICENSES.get(self.spec.path.split(":", 1)[1], "unknown")
+        return "unknown (set `license:` in the recipe)"
+
+
+def _iter_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                yield where, json.loads(line)
+            except json.JSONDecodeError as e:
+                yield where, BadRowError(where, "bad_json", f"invalid JSON ({e.msg} at column {e.colno})")
+
+
+def _iter_table(rows: Any, label: str) -> Iterator[tuple[str, Any]]:
+    for i, row in enumerate(rows):
+        yield f"{label}:row {i}", row
+
+
+def _iter_rows(spec: SourceSpec) -> Iterator[tuple[str, Any]]:
+    """(where, row) pairs of a file / folder / hub source; a row that fails to parse is a BadRowError."""
+    if spec.path.startswith("hf:"):
+        import datasets
+
+        ds = datasets.load_dataset(spec.path[3:], spec.subset, split=spec.split)
+        yield from _iter_table(ds, spec.path)
+        return
+    path = Path(spec.path)
+    if not path.exists():
+        raise FileNotFoundError(f"source '{spec.name}': {path} does not exist")
+    name = path.name.lower()
+    if path.is_dir():
+        import datasets
+
+        ds = datasets.load_from_disk(str(path))
+        if isinstance(ds, datasets.DatasetDict):
+            ds = ds[spec.split]
+        yield from _iter_table(ds, str(path))
+    elif name.endswith((".jsonl", ".jsonl.gz", ".ndjson")):
+        yield from _iter_jsonl(path)
+    elif name.endswith(".json"):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise BadRowError(f"{path}:{e.lineno}", "bad_json", f"invalid JSON ({e.msg})") from None
+        if not isinstance(data, list):
+            raise BadRowError(str(path), "wrong_type", "a .json source must hold a list of rows (use .jsonl for one row a line)")
+        yield from _iter_table(data, str(path))
+    elif name.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        yield from _iter_table(pq.read_table(path).to_pylist(), str(path))
+    elif name.endswith(".arrow"):
+        import datasets
+
+        yield from _iter_table(datasets.Dataset.from_file(str(path)), str(path))
+    else:
+        raise ValueError(f"source '{spec.name}': cannot read {path} (expected .jsonl, .json, .parquet, .arrow or a dataset folder)")
+
+
+def load_source(spec: SourceSpec, seed: int = 0) -> LoadedSource:
+    """Read and normalise every row of ``spec``.
+
+    Args:
+        spec (`SourceSpec`): the source.
+        seed (`int`, *optional*, defaults to `0`): seed of generated builtin sources.
+
+    Returns:
+        `LoadedSource`: records tagged with ``spec.name``, plus bad-row counts.
+
+    Raises:
+        BadRowError: on the first malformed row when ``spec.skip_bad_rows`` is false.
+    """
+    if spec.format not in FORMATS:
+        raise ValueError(f"source '{spec.name}': unknown format {spec.format!r}; expected one of {FORMATS}")
+    if spec.path.startswith("builtin:"):
+        records = builtin_records(spec.path.split(":", 1)[1], size=spec.size, seed=seed)
+        for r in records:
+            r["source"] = spec.name
+        records = records[: spec.max_rows] if spec.max_rows is not None else records
+        return LoadedSource(spec, records, n_read=len(records))
+
+    out = LoadedSource(spec, [])
+    for where, row in _iter_rows(spec):
+        if spec.max_rows is not None and out.n_read >= spec.max_rows:
+            break
+        out.n_read += 1
+        try:
+            if isinstance(row, BadRowError):
+                raise row
+            out.records.append(normalize_row(row, spec.format, spec.name, where, row_id=f"{spec.name}:{out.n_read - 1}"))
+        except BadRowError as e:
+            if not spec.skip_bad_rows:
+                raise
+            out.n_bad += 1
+            out.bad_by_kind[e.kind] += 1
+            if len(out.bad_examples) < _MAX_BAD_EXAMPLES:
+                out.bad_examples.append(str(e))
+    return out

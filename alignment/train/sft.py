@@ -1,0 +1,396 @@
+"""Supervised fine-tuning stages (``sft_broad``, ``sft_hard``) over TRL's SFTTrainer on the in-repo MoE.
+
+One runner serves both SFT stages of the Yi-Lightning recipe:
+
+- ``sft_broad`` (stage 1): input ``policy`` = the base model; a broad mixture (~1.3M examples in
+  the paper recipe; chatterbot dialogs + synthetic math in the embedded default).
+- ``sft_hard`` (stage 2): input ``policy`` = the ``sft_broad`` model; ~300K hard examples: each
+  pool source keeps its highest-loss rows under the stage-1 model (optionally also lowest pass
+  rate), plus the synth stage's verified SFT records (optional input ``synth``, output ``sft``).
+
+Run it through the pipeline (``yialign stages=[sft_broad,sft_hard]``) or alone::
+
+    python -m alignment.pipeline pipeline=tiny_cpu stages=[sft_broad]
+
+What the loss is (``sft_loss``): cross-entropy over assistant tokens only, averaged per sample
+over its own tokens and then over samples (``loss_weighting: sample``; ``token`` gives the usual
+token mean), plus the model's own MoE balance loss ``aux_loss`` (the report's three-level
+a_ST*L_ST + a_EP*L_EP + a_PEP*L_PEP, already weighted by the model config). TRL 1.16 does add
+*an* aux loss when the config has ``output_router_logits``/``router_aux_loss_coef``, but it is
+Mixtral's Switch loss over top-``num_experts_per_tok`` routing (ignoring dynamic top-p and the
+EP/PEP terms) and it is dropped altogether when a ``compute_loss_func`` is passed. So
+:class:`MoESFTTrainer` overrides the public ``compute_loss`` (as TRL's own deprecation note
+advises), never a private hook. Packing uses TRL's padding-free batches: ``position_ids``
+restart at 0 per sample and the model builds the block-causal mask from them.
+
+Outputs (``StageResult.outputs``): ``model`` (merged model + tokenizer), ``dataset`` (the mixture
+JSONL), ``card`` (its data card). Checkpoints go to ``ctx.checkpoint_dir``; a rerun resumes from
+``ctx.last_checkpoint()``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+from omegaconf import MISSING, OmegaConf
+from trl import SFTConfig, SFTTrainer
+
+from alignment.artifacts import atomic_write_json, atomic_write_jsonl, file_hash
+from alignment.data.assemble import assemble
+from alignment.data.cards import write_mixture_card
+from alignment.data.decontam import DecontamSpec
+from alignment.data.hard import HardSelectionSpec, example_losses, pass_rates
+from alignment.data.mixture import MixtureSpec
+from alignment.data.sources import SourceSpec, load_source
+from alignment.stage import StageContext, StageResult
+from alignment.train.losses import per_sample_mean, sample_ids_from_position_ids, token_logprobs
+
+LOSS_WEIGHTINGS = ("sample", "token")
+
+
+@dataclass
+class LoraSpec:
+    """Optional LoRA (peft). The merged model is what the stage publishes.
+
+    Args:
+        enabled (`bool`, *optional*, defaults to `False`): train LoRA adapters instead of all weights.
+        r (`int`, *optional*, defaults to `16`): adapter rank.
+        alpha (`int`, *optional*, defaults to `32`): LoRA scaling numerator.
+        dropout (`float`, *optional*, defaults to `0.05`): adapter dropout.
+        target_modules (`list[str]`, *optional*): attention and dense/shared-expert projections by
+            default; never ``all-linear`` (it would wrap the router gate, STACK.md pitfall 8).
+        target_parameters (`list[str]`, *optional*): 3D routed-expert weights to adapt through
+            peft's ``target_parameters`` (e.g. ``["experts.gate_up_proj", "experts.down_proj"]``).
+    """
+
+    enabled: bool = False
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    target_parameters: Optional[list[str]] = None
+
+
+@dataclass
+class SFTStageConfig:
+    """Schema of ``recipes/stage/sft_broad.yaml`` and ``sft_hard.yaml`` (paper-scale defaults).
+
+    Args:
+        mixture (`MixtureSpec`): sources and target count (from the ``data`` group, e.g.
+            ``${data.sft_broad}``).
+        decontam (`DecontamSpec`, *optional*): 30-gram decontamination (``${data.decontam}``).
+        hard (`HardSelectionSpec`, *optional*): stage-2 hard selection; off for stage 1.
+        synth_key (`str`, *optional*, defaults to `"sft"`): output of the ``synth`` input holding
+            verified SFT records (used only when the stage has a ``synth`` input).
+        synth_skip_bad_rows (`bool`, *optional*, defaults to `False`): drop malformed synth rows.
+        sampler (`dict`, *optional*): sampler block (``${sampler}``) for pass rates.
+        max_length (`int`, *optional*, defaults to `4096`): tokens per packed row / per sample.
+        packing (`bool`, *optional*, defaults to `True`): padding-free packing (block-causal mask).
+        assistant_only_loss (`bool`, *optional*, defaults to `True`): loss on assistant tokens only.
+        loss_weighting (`str`, *optional*, defaults to `"sample"`): ``sample`` (each sample's loss
+            averaged over its own tokens, then over samples) or ``token``.
+        num_train_epochs (`float`, *optional*, defaults to `2.0`): passes over the mixture.
+        max_steps (`int`, *optional*, defaults to `-1`): stop after this many optimizer steps (>0).
+        per_device_train_batch_size (`int`, *optional*, defaults to `4`): rows per micro-batch.
+        gradient_accumulation_steps (`int`, *optional*, defaults to `8`): micro-batches per step.
+        learning_rate (`float`, *optional*, defaults to `1e-5`): peak learning rate.
+        lr_scheduler_type (`str`, *optional*, defaults to `"cosine"`): HF scheduler name.
+        warmup_steps (`float`, *optional*, defaults to `0.03`): warm-up steps (< 1: fraction).
+        weight_decay (`float`, *optional*, defaults to `0.0`): AdamW weight decay.
+        max_grad_norm (`float`, *optional*, defaults to `1.0`): gradient clipping.
+        bf16 (`bool`, *optional*, defaults to `True`): bf16 autocast on CUDA (always off on CPU).
+        gradient_checkpointing (`bool`, *optional*, defaults to `True`): recompute activations.
+        logging_steps (`int`, *optional*, defaults to `10`): log every n steps.
+        save_steps (`int`, *optional*, defaults to `500`): checkpoint every n steps.
+        save_total_limit (`int`, *optional*, defaults to `2`): checkpoints kept.
+        report_to (`str`, *optional*, defaults to `"none"`): ``none``, ``tensorboard`` or ``wandb``.
+        lora (`LoraSpec`, *optional*): LoRA option.
+        sft_args (`dict`, *optional*, defaults to `{}`): further ``trl.SFTConfig`` fields, verbatim.
+    """
+
+    mixture: MixtureSpec = MISSING
+    decontam: DecontamSpec = field(default_factory=DecontamSpec)
+    hard: HardSelectionSpec = field(default_factory=lambda: HardSelectionSpec(enabled=False))
+    synth_key: str = "sft"
+    synth_skip_bad_rows: bool = False
+    sampler: Optional[dict[str, Any]] = None
+    max_length: int = 4096
+    packing: bool = True
+    assistant_only_loss: bool = True
+    loss_weighting: str = "sample"
+    num_train_epochs: float = 2.0
+    max_steps: int = -1
+    per_device_train_batch_size: int = 4
+    gradient_accumulation_steps: int = 8
+    learning_rate: float = 1e-5
+    lr_scheduler_type: str = "cosine"
+    warmup_steps: float = 0.03
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    bf16: bool = True
+    gradient_checkpointing: bool = True
+    logging_steps: int = 10
+    save_steps: int = 500
+    save_total_limit: int = 2
+    report_to: str = "none"
+    lora: LoraSpec = field(default_factory=LoraSpec)
+    sft_args: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- loss
+
+
+def router_balance(router_stats: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Flat router-balance numbers from the model's ``router_stats`` (one row per MoE layer).
+
+    ``load_max_over_mean``: busiest expert's token count over the mean (1.0 = perfectly even),
+    averaged over layers; ``load_cv``: coefficient of variation of the per-expert load.
+    """
+    if not router_stats:
+        return {}
+    out: dict[str, float] = {}
+    load_LE = router_stats.get("tokens_per_expert")
+    if load_LE is not None:
+        load_LE = load_LE.float()
+        mean_L = load_LE.mean(-1).clamp_min(1e-9)
+        out["router/load_max_over_mean"] = float((load_LE.max(-1).values / mean_L).mean())
+        out["router/load_cv"] = float((load_LE.std(-1, unbiased=False) / mean_L).mean())
+    for key in ("experts_per_token", "entropy", "aux_switch", "aux_ep", "aux_pep"):
+        if key in router_stats:
+            out[f"router/{key}"] = float(router_stats[key].float().mean())
+    return out
+
+
+def sft_loss(model, inputs: dict[str, torch.Tensor], loss_weighting: str = "sample", num_items_in_batch=None) -> tuple[torch.Tensor, Any, dict[str, torch.Tensor]]:
+    """SFT loss of one micro-batch: (CE term + model aux loss, model outputs, parts for logging).
+
+    ``inputs`` is a TRL collator batch: ``input_ids``, ``labels`` (-100 off the assistant), and
+    either ``attention_mask`` (padded rows, one sample each) or ``position_ids`` (padding-free
+    packing: samples restart at position 0). With ``loss_weighting="token"`` and
+    ``num_items_in_batch`` (the Trainer's token count over the accumulated step), the CE term is
+    the token sum over that count; with ``"sample"`` it is the per-sample mean of this
+    micro-batch (the caller divides by the accumulation steps).
+    """
+    if loss_weighting not in LOSS_WEIGHTINGS:
+        raise ValueError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {loss_weighting!r}")
+    labels = inputs["labels"]
+    model_inputs = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "position_ids")}
+    outputs = model(**model_inputs, use_cache=False)
+    # Next-token alignment: logits at t predict labels at t+1.
+    shift_labels = labels[:, 1:]
+    nll = -token_logprobs(outputs.logits[:, :-1], shift_labels)
+    mask = shift_labels != -100
+    if loss_weighting == "sample":
+        sample_ids = None
+        if "position_ids" in inputs and "attention_mask" not in inputs:
+            sample_ids = sample_ids_from_position_ids(inputs["position_ids"])[:, 1:]
+        ce = per_sample_mean(nll, mask, sample_ids)
+    else:
+        denom = num_items_in_batch if num_items_in_batch is not None else mask.sum()
+        ce = nll.sum() / torch.as_tensor(denom, device=nll.device).clamp(min=1)
+    aux = outputs.aux_loss if outputs.aux_loss is not None else ce.new_zeros(())
+    return ce + aux.to(ce.dtype), outputs, {"ce": ce.detach(), "aux": aux.detach(), "tokens": mask.sum()}
+
+
+class MoESFTTrainer(SFTTrainer):
+    """SFTTrainer whose loss is :func:`sft_loss` (per-sample weighting + the model's own MoE aux loss).
+
+    Overrides only public ``Trainer`` methods: ``compute_loss`` and ``log`` (to add CE, aux and
+    router-balance numbers to every log line).
+    """
+
+    def __init__(self, *args, loss_weighting: str = "sample", **kwargs):
+        model = kwargs.get("model", args[0] if args else None)
+        text_config = model.config.get_text_config()
+        saved = {k: getattr(text_config, k) for k in ("output_router_logits", "router_aux_loss_coef") if hasattr(text_config, k)}
+        super().__init__(*args, **kwargs)
+        # SFTTrainer rewrites these two config fields for its own (Mixtral-style) aux path, which
+        # compute_loss below does not use; restore them so the saved config is the one loaded.
+        for k, v in saved.items():
+            setattr(text_config, k, v)
+        self.loss_weighting = loss_weighting
+        self.moe_metrics: dict[str, list[float]] = defaultdict(list)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, outputs, parts = sft_loss(model, inputs, self.loss_weighting, num_items_in_batch)
+        # With num_items_in_batch the Trainer leaves gradient-accumulation scaling to the loss:
+        # the token-weighted CE already divides by the step's token count; the per-sample CE and
+        # the aux loss are micro-batch means, so divide them by the accumulation steps.
+        if num_items_in_batch is not None and self.model_accepts_loss_kwargs:
+            steps = self.current_gradient_accumulation_steps
+            if self.loss_weighting == "sample":
+                loss = loss / steps
+            else:
+                loss = parts["ce"] + (loss - parts["ce"]) / steps
+        if model.training:
+            self.moe_metrics["ce_loss"].append(float(parts["ce"]))
+            self.moe_metrics["aux_loss"].append(float(parts["aux"]))
+            self.moe_metrics["loss_tokens"].append(float(parts["tokens"]))
+            for k, v in router_balance(outputs.router_stats or {}).items():
+                self.moe_metrics[k].append(v)
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self.moe_metrics:
+            logs.update({k: sum(v) / len(v) for k, v in self.moe_metrics.items()})
+            self.moe_metrics.clear()
+        super().log(logs, start_time)
+
+
+# --------------------------------------------------------------------------- stage
+
+
+def _to_spec(cfg: Any) -> SFTStageConfig:
+    """Accept the dataclass, a DictConfig or a dict (tests); validates keys via OmegaConf's schema."""
+    if isinstance(cfg, SFTStageConfig):
+        return cfg
+    merged = OmegaConf.merge(OmegaConf.structured(SFTStageConfig), cfg)
+    return OmegaConf.to_object(merged)
+
+
+def _build_model(policy_path: str, cfg: SFTStageConfig, device: str):
+    import alignment.model  # noqa: F401  (registers yi_lightning with the Auto classes)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(policy_path)
+    model = AutoModelForCausalLM.from_pretrained(policy_path, dtype=torch.float32)
+    return model.to(device), tokenizer
+
+
+def _peft_config(lora: LoraSpec):
+    if not lora.enabled:
+        return None
+    from peft import LoraConfig
+
+    kwargs = {"target_parameters": list(lora.target_parameters)} if lora.target_parameters else {}
+    return LoraConfig(
+        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.target_modules), task_type="CAUSAL_LM", **kwargs
+    )
+
+
+def _resolve(path: Optional[str]):
+    if not path:
+        return None
+    from hydra.utils import get_method
+
+    return get_method(path)
+
+
+def run(cfg: SFTStageConfig, ctx: StageContext) -> StageResult:
+    """Build the stage's mixture, train with :class:`MoESFTTrainer`, publish model + data + card."""
+    t0 = time.time()
+    cfg = _to_spec(cfg)
+    device = ctx.device if ctx.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    policy_path = str(ctx.input("policy", "model"))
+    model, tokenizer = _build_model(policy_path, cfg, device)
+
+    # ---- data: load, decontaminate, (rank hard), mix, write JSONL + card
+    extra = []
+    if "synth" in ctx.inputs:
+        synth_path = ctx.input("synth", cfg.synth_key)
+        spec = SourceSpec(name="synth_sft", path=str(synth_path), format="auto", skip_bad_rows=cfg.synth_skip_bad_rows, license="generated by the synth stage (stage-1 policy outputs kept by verifiers)")
+        extra.append(load_source(spec, ctx.seed))
+    scorer = rater = None
+    if cfg.hard.enabled:
+        scorer = lambda recs: example_losses(model, tokenizer, recs, cfg.hard.max_length, cfg.hard.batch_size, device)  # noqa: E731
+        rate_fn = _resolve(cfg.hard.pass_rate_fn)
+        if rate_fn is not None:
+            from alignment.sampling import SamplingParams, build_sampler
+
+            sampler = build_sampler(cfg.sampler, model, tokenizer, device=device)
+            params = SamplingParams(max_new_tokens=cfg.hard.pass_rate_max_new_tokens, temperature=1.0, seed=ctx.seed)
+            rater = lambda recs: pass_rates(recs, sampler, rate_fn, cfg.hard.pass_rate_k, params)  # noqa: E731
+    data = assemble(cfg.mixture, cfg.decontam, ctx.seed, extra, cfg.hard, scorer, rater, _resolve(cfg.hard.seed_expander))
+    if not data.records:
+        raise ValueError(f"stage '{ctx.name}': the mixture '{cfg.mixture.name}' is empty (check sources and decontamination)")
+    data_path = ctx.stage_dir / "dataset.jsonl"
+    atomic_write_jsonl(data_path, data.records)
+    card_path = ctx.stage_dir / "card.md"
+    decontam_card = {k: v for k, v in data.report["decontamination"].items() if k != "dropped_by_source"}
+    write_mixture_card(
+        card_path, data.report, f"SFT mixture of stage `{ctx.name}` (Yi-Lightning-style post-training).",
+        {"dataset.jsonl": file_hash(data_path)}, ["messages", "source", "id"], ctx.name, decontam_card,
+    )
+    atomic_write_json(ctx.stage_dir / "mixture_report.json", data.report)
+    t_data = time.time() - t0
+
+    # ---- train
+    import datasets
+
+    train_ds = datasets.Dataset.from_list([{"messages": r["messages"]} for r in data.records])
+    on_cuda = device.startswith("cuda")
+    args = SFTConfig(
+        output_dir=str(ctx.checkpoint_dir),
+        max_length=cfg.max_length,
+        packing=cfg.packing,
+        assistant_only_loss=cfg.assistant_only_loss,
+        num_train_epochs=cfg.num_train_epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        bf16=cfg.bf16 and on_cuda and torch.cuda.is_bf16_supported(),
+        use_cpu=not on_cuda,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        logging_steps=cfg.logging_steps,
+        logging_first_step=True,
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        report_to=[] if cfg.report_to == "none" else [cfg.report_to],
+        seed=ctx.seed,
+        # The mixture is already shuffled by seed; TRL's shuffle would be a second, separate seed.
+        shuffle_dataset=False,
+        **dict(cfg.sft_args),
+    )
+    trainer = MoESFTTrainer(
+        model=model, args=args, train_dataset=train_ds, processing_class=tokenizer,
+        peft_config=_peft_config(cfg.lora), loss_weighting=cfg.loss_weighting,
+    )
+    resume = ctx.last_checkpoint()
+    t1 = time.time()
+    result = trainer.train(resume_from_checkpoint=resume)
+    t_train = time.time() - t1
+
+    # ---- save: merged weights + tokenizer, published atomically
+    final = trainer.model
+    if cfg.lora.enabled:
+        final = final.merge_and_unload()
+    tmp = ctx.tmp_dir("model")
+    final.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    ctx.publish(tmp, "model")
+
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    router = [h for h in trainer.state.log_history if "router/load_max_over_mean" in h]
+    metrics = {
+        "train_loss": float(result.training_loss),
+        "first_logged_loss": losses[0] if losses else math.nan,
+        "last_logged_loss": losses[-1] if losses else math.nan,
+        "steps": int(trainer.state.global_step),
+        "examples": len(data.records),
+        "resumed_from": resume or "",
+        "wall_data_s": round(t_data, 2),
+        "wall_train_s": round(t_train, 2),
+        "wall_s": round(time.time() - t0, 2),
+    }
+    if router:
+        metrics["router_load_max_over_mean"] = router[-1]["router/load_max_over_mean"]
+        metrics["aux_loss"] = router[-1].get("aux_loss", math.nan)
+    for s in data.report["sources"]:
+        metrics[f"count/{s['name']}"] = s["achieved"]
+    atomic_write_json(ctx.stage_dir / "train_log.json", trainer.state.log_history)
+    return StageResult(
+        outputs={"model": "model", "dataset": "dataset.jsonl", "card": "card.md", "report": "mixture_report.json"},
+        metrics=metrics,
+    )

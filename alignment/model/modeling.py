@@ -30,7 +30,6 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
-from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS  # noqa: F401  (keeps the registry imported)
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import ModelOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -160,6 +159,7 @@ class YiLightningAttention(nn.Module):
         self.owns_kv = config.kv_plan()[layer_idx] == layer_idx
         H, Kh, Dh, D = config.num_attention_heads, config.num_key_value_heads, config.head_dim, config.hidden_size
         self.num_heads, self.num_kv_heads, self.head_dim = H, Kh, Dh
+        self.num_key_value_groups = H // Kh  # read by transformers' attention functions (GQA repeat)
         self.scaling = Dh**-0.5
         self.is_causal = True
         self.q_proj = nn.Linear(D, H * Dh, bias=False)
@@ -168,7 +168,7 @@ class YiLightningAttention(nn.Module):
             self.v_proj = nn.Linear(D, Kh * Dh, bias=False)
         self.o_proj = nn.Linear(H * Dh, D, bias=False)
 
-    def forward(self, h_BSD, cos, sin, ctx: AttentionContext, shared_kv, past_key_values):
+    def forward(self, h_BSD, cos, sin, ctx: AttentionContext, shared_kv, past_key_values, position_ids=None):
         B, S, _ = h_BSD.shape
         q = apply_rope(self.q_proj(h_BSD).view(B, S, self.num_heads, self.head_dim).transpose(1, 2), cos, sin)
         if self.owns_kv:
@@ -186,9 +186,12 @@ class YiLightningAttention(nn.Module):
 
         attn_impl = self.config._attn_implementation
         if attn_impl not in _NATIVE_ATTN:
-            # External backends (vLLM's transformers backend, flash-attn...) get the standard call.
-            out, _ = ALL_ATTENTION_FUNCTIONS[attn_impl](
-                self, q, k, v, None, dropout=0.0, scaling=self.scaling, sliding_window=self.sliding_window
+            # External backends (vLLM's transformers backend, flash-attn, ...) get the standard functional
+            # call; they apply causality, `sliding_window` and position_ids-based packing themselves.
+            attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(attn_impl, None)
+            out, _ = attention_interface(
+                self, q, k, v, None, dropout=0.0, scaling=self.scaling, sliding_window=self.sliding_window,
+                position_ids=position_ids,
             )
             out = out.reshape(B, S, -1)
         else:
@@ -284,8 +287,12 @@ class YiLightningDecoderLayer(GradientCheckpointingLayer):
         self.input_layernorm = YiLightningRMSNorm(config.hidden_size, eps, impl)
         self.post_attention_layernorm = YiLightningRMSNorm(config.hidden_size, eps, impl)
 
-    def forward(self, h_BSD, cos, sin, ctx=None, shared_kv=None, past_key_values=None, token_mask_T=None):
-        attn_out, shared_kv = self.self_attn(self.input_layernorm(h_BSD), cos, sin, ctx, shared_kv, past_key_values)
+    def forward(
+        self, h_BSD, cos, sin, ctx=None, shared_kv=None, past_key_values=None, token_mask_T=None, position_ids=None
+    ):
+        attn_out, shared_kv = self.self_attn(
+            self.input_layernorm(h_BSD), cos, sin, ctx, shared_kv, past_key_values, position_ids
+        )
         h_BSD = h_BSD + attn_out
         x = self.post_attention_layernorm(h_BSD)
         if self.is_moe:
@@ -403,7 +410,7 @@ class YiLightningModel(YiLightningPreTrainedModel):
                 all_hidden.append(h)
             h, kv, logits_TE, aux, st = layer(
                 h, cos, sin, ctx=ctx, shared_kv=shared.get(plan[i]), past_key_values=past_key_values,
-                token_mask_T=token_mask_T,
+                token_mask_T=token_mask_T, position_ids=position_ids,
             )
             if plan[i] == i:
                 shared[i] = kv

@@ -61,7 +61,27 @@ def test_sequence_classification_reads_last_real_token(tiny_config):
 
 
 def test_generation_flags_not_shadowed():
-    # plain top_k/top_p on a model config would become sampling settings in generate()
-    cfg = load_preset("tiny")
-    assert not hasattr(cfg, "top_k") or cfg.to_dict().get("top_k") is None
-    assert isinstance(cfg, YiLightningConfig)
+    # plain top_k/top_p on a model config would become *sampling* settings in generate()
+    from transformers import GenerationConfig
+
+    cfg = load_preset("tiny", router_top_k=3, router_top_p=0.3)
+    gen = GenerationConfig.from_model_config(cfg)
+    assert gen.top_k in (None, 50) and gen.top_p in (None, 1.0)
+    assert cfg.num_experts_per_tok == 3 and isinstance(cfg, YiLightningConfig)
+
+
+def test_external_attention_backend_goes_through_attention_interface():
+    # vLLM's transformers backend swaps attention via ALL_ATTENTION_FUNCTIONS; check the path with
+    # transformers' own SDPA function registered under a new name (all-full config: plain causal).
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    AttentionInterface.register("yi_test_external", sdpa_attention_forward)
+    model = build_tiny_model(full_attention_interval=1)
+    x = torch.randint(0, model.config.vocab_size, (2, 20))
+    with torch.no_grad():
+        native = model(x, use_cache=False).logits
+        model.set_attn_implementation("yi_test_external")
+        assert model.config._attn_implementation == "yi_test_external"
+        external = model(x, use_cache=False).logits
+    torch.testing.assert_close(external, native, atol=1e-5, rtol=1e-4)

@@ -25,6 +25,7 @@ Run as ``python -m alignment.data.corpus`` to print per-source counts.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import random
@@ -172,8 +173,13 @@ def reasoning_gym_texts(n_per_task: int = 1_000, seed: int = 0) -> list[str]:
     return out
 
 
-def source_texts(name: str, seed: int = 0) -> list[str]:
-    """All texts of one source (both splits)."""
+@functools.lru_cache(maxsize=32)
+def source_texts(name: str, seed: int = 0) -> tuple[str, ...]:
+    """All texts of one source (both splits); cached per process (a stage reads each source 2-3 times)."""
+    return tuple(_source_texts(name, seed))
+
+
+def _source_texts(name: str, seed: int) -> list[str]:
     if name == "chatterbot_en":
         return chatterbot_texts("english")
     if name == "chatterbot_zh":

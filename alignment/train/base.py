@@ -1,0 +1,289 @@
+"""The ``base`` stage: tokenizer + MoE model + a short causal-LM warm-up on offline text and math.
+
+What it does, top to bottom:
+
+1. **Tokenizer**: load ``tokenizer_path`` if given; with ``init_from`` use the dense
+   checkpoint's own tokenizer; otherwise train ours (alignment.model.tokenizer) on the
+   offline corpus (alignment.data.corpus) at ``vocab_size``.
+2. **Model**: either a fresh ``YiLightningForCausalLM`` from the ``model`` preset (its
+   ``vocab_size`` set to the tokenizer's length), or a dense Llama/Qwen2/Mistral checkpoint
+   upcycled to our MoE (alignment.model.upcycle) when ``init_from`` is set.
+3. **Warm-up**: plain causal-LM training with ``transformers.Trainer`` on the offline
+   corpus (chatterbot EN/ZH, jieba words, XSum, BoolQ) plus procedural arithmetic with
+   worked steps, so later math stages have something to build on. Documents are joined
+   with a separator token and cut into ``seq_len`` blocks (GPT-style pretraining blocks,
+   no padding). Checkpoints go to ``ctx.checkpoint_dir``; an interrupted run resumes from
+   ``ctx.last_checkpoint()``.
+4. **Save**: ``save_pretrained`` of model + tokenizer into a temp folder, published as
+   output ``model``. Metrics: first/last train loss, held-out loss before/after, tokens,
+   parameters, wall time.
+
+Run alone:  ``yialign stages=[base]``  (or ``yialign stages=[base] stage.base.max_steps=5``).
+Tests:      ``python -m pytest -q tests/train/test_base.py``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import MISSING
+
+from alignment.artifacts import atomic_write_json
+from alignment.data.corpus import DEFAULT_SOURCES, load_corpus
+from alignment.stage import StageContext, StageResult
+
+
+@dataclass
+class BaseConfig:
+    """Schema of ``recipes/stage/base.yaml``.
+
+    Args:
+        model (`dict`): ``YiLightningConfig`` kwargs (the ``model`` preset, ``${model}``);
+            ``vocab_size`` and the special-token ids are taken from the tokenizer. Ignored
+            for the architecture when ``init_from`` is set (the dense checkpoint fixes it).
+        tokenizer_path (`str`, *optional*, defaults to `None`): a saved tokenizer to use
+            instead of training one.
+        vocab_size (`int`, *optional*, defaults to `100352`): size of the trained tokenizer
+            (the report's vocabulary).
+        tokenizer_sources (`list[str]`, *optional*): corpus sources for tokenizer training.
+        tokenizer_max_chars_per_source (`int`, *optional*, defaults to `None`): cap per
+            source for tokenizer training (None: all of it).
+        init_from (`str`, *optional*, defaults to `None`): a dense HF checkpoint folder, or a
+            ``.gguf`` file, to upcycle instead of training from scratch.
+        upcycle (`dict`, *optional*): keyword arguments of
+            ``alignment.model.upcycle.upcycle_dense`` (``num_segments``, ``replicas``,
+            ``top_k``, ``num_shared_segments``, config overrides ...).
+        sources (`list[str]`, *optional*): corpus sources of the warm-up text.
+        max_chars_per_source (`int`, *optional*, defaults to `None`): cap per source of warm-up text.
+        seq_len (`int`, *optional*, defaults to `2048`): tokens per training block.
+        max_steps (`int`, *optional*, defaults to `1000`): optimizer steps (0: no training,
+            just build and save).
+        per_device_train_batch_size (`int`, *optional*, defaults to `8`): blocks per step and device.
+        gradient_accumulation_steps (`int`, *optional*, defaults to `1`).
+        learning_rate (`float`, *optional*, defaults to `3e-4`).
+        lr_scheduler_type (`str`, *optional*, defaults to `"cosine"`).
+        warmup_ratio (`float`, *optional*, defaults to `0.05`).
+        weight_decay (`float`, *optional*, defaults to `0.1`).
+        max_grad_norm (`float`, *optional*, defaults to `1.0`).
+        bf16 (`bool`, *optional*, defaults to `False`): bf16 autocast (GPU).
+        gradient_checkpointing (`bool`, *optional*, defaults to `False`).
+        logging_steps (`int`, *optional*, defaults to `10`).
+        save_steps (`int`, *optional*, defaults to `200`): checkpoint interval (resume granularity).
+        eval_blocks (`int`, *optional*, defaults to `32`): held-out blocks for the loss before/after.
+        seed (`int`, *optional*, defaults to `None`): training seed; the recipe's seed when None.
+    """
+
+    model: dict[str, Any] = MISSING
+    tokenizer_path: Optional[str] = None
+    vocab_size: int = 100352
+    tokenizer_sources: list[str] = field(default_factory=lambda: list(DEFAULT_SOURCES))
+    tokenizer_max_chars_per_source: Optional[int] = None
+    init_from: Optional[str] = None
+    upcycle: dict[str, Any] = field(default_factory=dict)
+    sources: list[str] = field(default_factory=lambda: list(DEFAULT_SOURCES))
+    max_chars_per_source: Optional[int] = None
+    seq_len: int = 2048
+    max_steps: int = 1000
+    per_device_train_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 3e-4
+    lr_scheduler_type: str = "cosine"
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.1
+    max_grad_norm: float = 1.0
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    logging_steps: int = 10
+    save_steps: int = 200
+    eval_blocks: int = 32
+    seed: Optional[int] = None
+
+
+# --------------------------------------------------------------------------- data
+
+
+def pack_blocks(texts: list[str], tokenizer, seq_len: int, sep_id: int) -> list[list[int]]:
+    """Tokenize ``texts``, join them with ``sep_id`` before each document, cut into ``seq_len`` blocks.
+
+    The tail shorter than ``seq_len`` is dropped (no padding, every token trains).
+    """
+    ids: list[int] = []
+    for doc in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+        ids.append(sep_id)
+        ids.extend(doc)
+    return [ids[i : i + seq_len] for i in range(0, len(ids) - seq_len + 1, seq_len)]
+
+
+def separator_id(tokenizer) -> int:
+    """Document separator: ``<|endoftext|>`` when the vocabulary has it (ours, SmolLM2, Qwen), else EOS."""
+    tok_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    if tok_id is not None and tok_id != tokenizer.unk_token_id:
+        return tok_id
+    if tokenizer.eos_token_id is None:
+        raise ValueError("tokenizer has neither <|endoftext|> nor an eos token to separate documents")
+    return tokenizer.eos_token_id
+
+
+def heldout_loss(model, blocks: list[list[int]], batch_size: int, device) -> float:
+    """Mean next-token cross-entropy (no aux loss) over ``blocks``."""
+    import torch
+
+    if not blocks:
+        return float("nan")
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(blocks), batch_size):
+            x = torch.tensor(blocks[i : i + batch_size], device=device)
+            logits = model(input_ids=x).logits.float()
+            ce = torch.nn.functional.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="sum"
+            )
+            total += ce.item()
+            count += x[:, 1:].numel()
+    model.train()
+    return total / count
+
+
+# --------------------------------------------------------------------------- build
+
+
+def build_tokenizer_for(cfg: BaseConfig):
+    from alignment.model.tokenizer import build_tokenizer, load_tokenizer
+
+    if cfg.tokenizer_path:
+        return load_tokenizer(cfg.tokenizer_path)
+    texts = load_corpus(cfg.tokenizer_sources, split="train", max_chars_per_source=cfg.tokenizer_max_chars_per_source)
+    return build_tokenizer(texts, vocab_size=cfg.vocab_size)
+
+
+def build_model(cfg: BaseConfig, tokenizer):
+    import alignment.model  # noqa: F401  (registers yi_lightning with the Auto classes)
+    from alignment.model import YiLightningForCausalLM
+    from alignment.model.config import config_from_dict
+
+    model_kwargs = dict(cfg.model)
+    model_kwargs.update(
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    config = config_from_dict(model_kwargs, source="stage.base.model")
+    return YiLightningForCausalLM(config)
+
+
+# --------------------------------------------------------------------------- run
+
+
+def run(cfg: BaseConfig, ctx: StageContext) -> StageResult:
+    import torch
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments, set_seed
+
+    t0 = time.time()
+    seed = ctx.seed if cfg.seed is None else cfg.seed
+    set_seed(seed)
+    device = torch.device(ctx.device)
+
+    # ---- tokenizer and model
+    if cfg.init_from:
+        from alignment.model.upcycle import load_dense, upcycle_dense
+
+        dense, tokenizer = load_dense(cfg.init_from)
+        model = upcycle_dense(dense, **cfg.upcycle)
+        del dense
+    else:
+        tokenizer = build_tokenizer_for(cfg)
+        model = build_model(cfg, tokenizer)
+    if cfg.seq_len > model.config.max_position_embeddings:
+        raise ValueError(
+            f"stage.base.seq_len={cfg.seq_len} exceeds the model's max_position_embeddings="
+            f"{model.config.max_position_embeddings}"
+        )
+    n_params = sum(p.numel() for p in model.parameters())
+    t_build = time.time() - t0
+
+    # ---- warm-up text: every source, shuffled so each step mixes languages and math
+    texts = load_corpus(cfg.sources, split="train", max_chars_per_source=cfg.max_chars_per_source, seed=seed)
+    random.Random(seed).shuffle(texts)
+    sep = separator_id(tokenizer)
+    blocks = pack_blocks(texts, tokenizer, cfg.seq_len, sep)
+    held_texts = load_corpus(cfg.sources, split="heldout", max_chars_per_source=cfg.max_chars_per_source, seed=seed)
+    random.Random(seed + 1).shuffle(held_texts)
+    held_blocks = pack_blocks(held_texts, tokenizer, cfg.seq_len, sep)[: cfg.eval_blocks]
+    if cfg.max_steps > 0 and not blocks:
+        raise ValueError(
+            f"stage.base: the warm-up corpus ({sum(map(len, texts))} chars from {cfg.sources}) is shorter than "
+            f"one block of seq_len={cfg.seq_len} tokens; raise max_chars_per_source or lower seq_len"
+        )
+    model.to(device)
+    loss_before = heldout_loss(model, held_blocks, cfg.per_device_train_batch_size, device)
+
+    # ---- train
+    metrics: dict[str, Any] = {}
+    if cfg.max_steps > 0:
+        dataset = Dataset.from_dict({"input_ids": blocks, "labels": blocks})
+        args = TrainingArguments(
+            output_dir=str(ctx.checkpoint_dir),
+            max_steps=cfg.max_steps,
+            per_device_train_batch_size=cfg.per_device_train_batch_size,
+            gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+            learning_rate=cfg.learning_rate,
+            lr_scheduler_type=cfg.lr_scheduler_type,
+            warmup_steps=math.ceil(cfg.warmup_ratio * cfg.max_steps),
+            weight_decay=cfg.weight_decay,
+            max_grad_norm=cfg.max_grad_norm,
+            bf16=cfg.bf16,
+            gradient_checkpointing=cfg.gradient_checkpointing,
+            logging_steps=cfg.logging_steps,
+            logging_first_step=True,
+            save_strategy="steps",
+            save_steps=cfg.save_steps,
+            save_total_limit=2,
+            seed=seed,
+            data_seed=seed,
+            report_to=[],
+            use_cpu=device.type == "cpu",
+            dataloader_num_workers=0,
+            disable_tqdm=False,
+        )
+        model.config.use_cache = False  # no KV cache while training; restored before saving
+        trainer = Trainer(model=model, args=args, train_dataset=dataset)
+        last = ctx.last_checkpoint()
+        trainer.train(resume_from_checkpoint=last)
+        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        metrics.update(
+            train_loss_first=losses[0] if losses else float("nan"),
+            train_loss_last=losses[-1] if losses else float("nan"),
+            resumed_from_step=int(Path(last).name.split("-")[-1]) if last else 0,
+        )
+        model = trainer.model
+        model.config.use_cache = True
+    loss_after = heldout_loss(model, held_blocks, cfg.per_device_train_batch_size, device)
+
+    # ---- save
+    tmp = ctx.tmp_dir("model")
+    model.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    out = ctx.publish(tmp, "model")
+    tokens = cfg.max_steps * cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * cfg.seq_len
+    metrics.update(
+        heldout_loss_before=loss_before,
+        heldout_loss_after=loss_after,
+        train_tokens=tokens,
+        corpus_tokens=len(blocks) * cfg.seq_len,
+        epochs=tokens / max(1, len(blocks) * cfg.seq_len),
+        params=n_params,
+        vocab_size=len(tokenizer),
+        upcycled=bool(cfg.init_from),
+        build_s=round(t_build, 2),
+        wall_s=round(time.time() - t0, 2),
+    )
+    atomic_write_json(ctx.stage_dir / "metrics.json", metrics)
+    return StageResult(outputs={"model": out, "metrics": "metrics.json"}, metrics=metrics)

@@ -15,6 +15,7 @@ processors ahead of the warpers). Keeping only the chosen token's log-prob avoid
 from __future__ import annotations
 
 import copy
+import os
 from typing import Sequence
 
 import torch
@@ -58,6 +59,15 @@ class HFSampler:
         self.eos_ids = eos_token_ids(tokenizer, model)
         pad = tokenizer.pad_token_id
         self.pad_id = int(pad) if pad is not None else min(self.eos_ids)
+
+    def reload(self, checkpoint) -> None:
+        """Sample from a newer policy from now on (online DPO, between rounds): a save_pretrained
+        folder (loaded in this sampler's dtype and device) or a model object."""
+        from alignment.sampling.build import load_model_and_tokenizer
+
+        if isinstance(checkpoint, (str, os.PathLike)):
+            checkpoint, _ = load_model_and_tokenizer(checkpoint, self.tokenizer, self.cfg, str(self.device))
+        self.model = checkpoint.eval()
 
     @torch.inference_mode()
     def generate(self, prompts: Sequence[Prompt], n: int, params: SamplingParams) -> list[list[Sample]]:

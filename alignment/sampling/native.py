@@ -27,6 +27,7 @@ samples); ``logprob_sum`` is under the unmodified (temperature-1, unfiltered) di
 
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
 import torch
@@ -97,11 +98,15 @@ class NativeSampler:
 
     # ------------------------------------------------------------------ model calls
     def _new_cache(self):
-        """The model's own cache (YiLightningCache for the in-repo model)."""
+        """The model's own cache: YiLightningCache (ring buffers + shared K/V) for the in-repo
+        model; transformers' DynamicCache for any other causal LM (tests compare against Llama)."""
+        if self.model.config.model_type == "yi_lightning":
+            from alignment.model.cache import YiLightningCache
+
+            return YiLightningCache(self.model.config)
         from transformers import DynamicCache
 
-        make = getattr(self.model, "make_cache", None)
-        return make() if make is not None else DynamicCache(config=self.model.config)
+        return DynamicCache(config=self.model.config)
 
     def _forward(self, input_ids, attention_mask, position_ids, cache):
         out = self.model(
@@ -115,6 +120,15 @@ class NativeSampler:
         return out.logits[:, -1, :]
 
     # ------------------------------------------------------------------ public API
+    def reload(self, checkpoint) -> None:
+        """Sample from a newer policy from now on (online DPO, between rounds): a save_pretrained
+        folder (loaded in this sampler's dtype and device) or a model object."""
+        from alignment.sampling.build import load_model_and_tokenizer
+
+        if isinstance(checkpoint, (str, os.PathLike)):
+            checkpoint, _ = load_model_and_tokenizer(checkpoint, self.tokenizer, self.cfg, str(self.device))
+        self.model = checkpoint.eval()
+
     @torch.inference_mode()
     def generate(self, prompts: Sequence[Prompt], n: int, params: SamplingParams) -> list[list[Sample]]:
         check_params(n, params)

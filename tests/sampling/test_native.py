@@ -1,0 +1,131 @@
+"""The native sampler against ground truth: full forward passes of the same model (no cache).
+
+Run: python -m pytest -q tests/sampling
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from alignment.sampling import SamplingParams, build_sampler
+from alignment.sampling.native import filter_logits
+from tests.sampling.conftest import WINDOW
+
+# Different lengths, so one batch needs left padding; a chat prompt goes through the template.
+PROMPTS = ["Hello there, how are you today?", "1+1=", [{"role": "user", "content": "What is 2+3?"}]]
+
+
+def full_forward_greedy(model, ids: list[int], steps: int) -> list[int]:
+    """Greedy continuation by re-running the whole sequence each step (no KV cache, no padding)."""
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        for _ in range(steps):
+            nxt = model(x, use_cache=False).logits[0, -1].argmax()
+            x = torch.cat([x, nxt.view(1, 1)], dim=1)
+    return x[0, len(ids) :].tolist()
+
+
+def full_forward_logprob(model, ids: list[int], completion: list[int]) -> float:
+    """Sum of log p(completion | prompt) under the unmodified distribution, one full forward."""
+    x = torch.tensor([ids + completion])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(x, use_cache=False).logits[0].float(), dim=-1)
+    pos = torch.arange(len(ids) - 1, len(ids) + len(completion) - 1)
+    return logp[pos, torch.tensor(completion)].sum().item()
+
+
+def prompt_ids(sampler, prompts):
+    from alignment.sampling.text import encode_prompts
+
+    return encode_prompts(sampler.tokenizer, prompts)
+
+
+def test_greedy_equals_full_forward_argmax_past_window_with_kv_sharing(model, tokenizer):
+    steps = 2 * WINDOW + 3  # prompt + generation run well past the sliding window: the ring wraps
+    sampler = build_sampler({"backend": "native"}, model, tokenizer)
+    groups = sampler.generate(PROMPTS, n=2, params=SamplingParams(max_new_tokens=steps, temperature=0))
+    for ids, group in zip(prompt_ids(sampler, PROMPTS), groups):
+        want = full_forward_greedy(model, ids, steps)
+        assert len(set(want)) > 3, "degenerate reference: the test would not catch a broken cache"
+        for s in group:
+            assert s.token_ids == want
+            assert s.finish_reason == "length"
+            assert s.logprob_sum == pytest.approx(full_forward_logprob(model, ids, want), abs=1e-3)
+
+
+def test_sampled_logprob_sum_is_under_unmodified_distribution(model, tokenizer):
+    # temperature/top-k/top-p change what is drawn, not how it is scored.
+    sampler = build_sampler({"backend": "native"}, model, tokenizer)
+    params = SamplingParams(max_new_tokens=WINDOW + 4, temperature=0.7, top_k=20, top_p=0.9, seed=3)
+    groups = sampler.generate(PROMPTS[:2], n=3, params=params)
+    for ids, group in zip(prompt_ids(sampler, PROMPTS[:2]), groups):
+        for s in group:
+            assert s.logprob_sum == pytest.approx(full_forward_logprob(model, ids, s.token_ids), abs=1e-3)
+
+
+def test_n_samples_share_one_prefill(model, tokenizer):
+    calls = []
+    original = model.forward
+
+    def spy(*args, **kwargs):
+        calls.append(tuple(kwargs["input_ids"].shape))
+        return original(*args, **kwargs)
+
+    model.forward = spy
+    try:
+        sampler = build_sampler({"backend": "native", "max_prompts_per_batch": 8}, model, tokenizer)
+        sampler.generate(PROMPTS, n=6, params=SamplingParams(max_new_tokens=4, seed=0))
+    finally:
+        del model.forward
+    width = max(len(p) for p in prompt_ids(sampler, PROMPTS))
+    prefills = [c for c in calls if c[1] > 1]
+    assert prefills == [(len(PROMPTS), width)], "one prefill of the 3 prompts, not one per sample"
+    assert all(c == (len(PROMPTS) * 6, 1) for c in calls[1:]), "then one token per sample per step"
+    assert sampler.stats["prefill_tokens"] == len(PROMPTS) * width
+
+
+def test_seed_determinism(model, tokenizer):
+    sampler = build_sampler({"backend": "native"}, model, tokenizer)
+
+    def run(seed):
+        groups = sampler.generate(PROMPTS[:2], n=4, params=SamplingParams(max_new_tokens=6, seed=seed))
+        return [[s.token_ids for s in g] for g in groups]
+
+    first = run(7)
+    assert run(7) == first
+    assert run(8) != first
+    assert len({tuple(t) for t in first[0]}) > 1, "the n samples of a prompt must not be copies"
+
+
+def test_stop_string_and_eos_end_each_sequence_on_its_own(model, tokenizer):
+    sampler = build_sampler({"backend": "native"}, model, tokenizer)
+    greedy = SamplingParams(max_new_tokens=12, temperature=0)
+    free = sampler.generate(PROMPTS[:2], n=1, params=greedy)
+    text0, ids0 = free[0][0].text, free[0][0].token_ids
+    stop = text0[len(text0) // 2 : len(text0) // 2 + 2]
+    assert stop and stop not in free[1][0].text, "pick a stop only the first prompt produces"
+
+    stopped = sampler.generate(PROMPTS[:2], n=1, params=SamplingParams(max_new_tokens=12, temperature=0, stop=[stop]))
+    s0, s1 = stopped[0][0], stopped[1][0]
+    assert s0.finish_reason == "stop" and s0.text == text0[: text0.index(stop)]
+    assert s0.token_ids == ids0[: len(s0.token_ids)] and len(s0.token_ids) < len(ids0)
+    assert stop in tokenizer.decode(s0.token_ids) and stop not in tokenizer.decode(s0.token_ids[:-1])
+    assert (s1.token_ids, s1.finish_reason) == (free[1][0].token_ids, "length"), "the other row runs on"
+
+    # EOS: make the 4th greedy token of prompt 0 an end-of-sequence id.
+    model.generation_config.eos_token_id = ids0[3]
+    try:
+        ended = sampler.__class__(model, tokenizer, sampler.cfg).generate(PROMPTS[:1], n=1, params=greedy)[0][0]
+    finally:
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+    assert ended.finish_reason == "stop" and ended.token_ids == ids0[: ids0.index(ids0[3]) + 1]
+
+
+def test_filter_logits_top_k_top_p():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    keep = lambda x: torch.isfinite(x)[0].tolist()  # noqa: E731
+    assert keep(filter_logits(logits, 1.0, top_k=2, top_p=1.0)) == [True, True, False, False]
+    assert keep(filter_logits(logits, 1.0, top_k=0, top_p=0.5)) == [True, False, False, False]
+    assert keep(filter_logits(logits, 1.0, top_k=0, top_p=0.81)) == [True, True, True, False]
+    assert keep(filter_logits(logits, 1.0, top_k=0, top_p=1.0)) == [True] * 4

@@ -54,6 +54,8 @@ class SourceSpec:
         skip_bad_rows (`bool`, *optional*, defaults to `False`): drop and count malformed rows
             instead of stopping at the first one.
         license (`str`, *optional*): license note for the data card; builtins fill their own.
+        rename (`dict[str, str]`, *optional*, defaults to `{}`): column renames applied before
+            normalising, e.g. ``{query: prompt}`` for MetaMathQA's ``query``/``response``.
     """
 
     name: str = MISSING
@@ -67,6 +69,7 @@ class SourceSpec:
     max_rows: Optional[int] = None
     skip_bad_rows: bool = False
     license: Optional[str] = None
+    rename: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -178,6 +181,8 @@ def load_source(spec: SourceSpec, seed: int = 0) -> LoadedSource:
         try:
             if isinstance(row, BadRowError):
                 raise row
+            if spec.rename and isinstance(row, dict):
+                row = {spec.rename.get(k, k): v for k, v in row.items()}
             out.records.append(normalize_row(row, spec.format, spec.name, where, row_id=f"{spec.name}:{out.n_read - 1}"))
         except BadRowError as e:
             if not spec.skip_bad_rows:

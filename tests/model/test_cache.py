@@ -1,38 +1,41 @@
 """KV cache: cached decoding equals the full forward, ring buffer size, sharing, analytic == live bytes."""
 
+import pytest
 import torch
 
 from alignment.model import YiLightningCache, YiLightningConfig, kv_cache_bytes, kv_cache_ratio, load_preset
 from tests.fixtures_model import build_tiny_model
 
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
 
 def test_cached_logits_equal_full_forward_past_window_with_sharing():
-    model = build_tiny_model()
+    model = build_tiny_model(sliding_window=8)  # small window: crossing it takes few tokens
     cfg = model.config
     assert cfg.kv_plan()[7] == 3  # the second full layer borrows layer 3's K/V
     assert not hasattr(model.model.layers[7].self_attn, "k_proj")
-    x = torch.randint(0, cfg.vocab_size, (2, 70))  # 70 > 2 * window (32)
+    x = torch.randint(0, cfg.vocab_size, (2, 30))  # 30 > 3 * window
     cache = YiLightningCache(cfg)
     with torch.no_grad():
         full = model(x, use_cache=False).logits
-        steps = [model(x[:, :10], past_key_values=cache, use_cache=True).logits]
-        for t in range(10, 50):  # one token at a time, across the window boundary
+        steps = [model(x[:, :5], past_key_values=cache, use_cache=True).logits]
+        for t in range(5, 20):  # one token at a time, across the window boundary
             steps.append(model(x[:, t : t + 1], past_key_values=cache, use_cache=True).logits)
-        steps.append(model(x[:, 50:], past_key_values=cache, use_cache=True).logits)  # a 20-token chunk
+        steps.append(model(x[:, 20:], past_key_values=cache, use_cache=True).logits)  # a 10-token chunk (> window)
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-4)
     # sliding slots hold exactly `window` positions, full slots the whole sequence
     sizes = [layer.keys.shape[2] for layer in cache.layers]
-    assert sizes == [32, 32, 32, 70, 32, 32, 32]
-    assert cache.nbytes() == kv_cache_bytes(cfg, 70, batch=2, dtype_bytes=4)
+    assert sizes == [8, 8, 8, 30, 8, 8, 8]
+    assert cache.nbytes() == kv_cache_bytes(cfg, 30, batch=2, dtype_bytes=4)
 
 
 def test_generate_uses_cache_and_matches_greedy_full_forward():
-    model = build_tiny_model()
-    prompt = torch.randint(0, model.config.vocab_size, (1, 6))
+    model = build_tiny_model(sliding_window=8)
+    prompt = torch.randint(0, model.config.vocab_size, (1, 4))
     with torch.no_grad():
-        out = model.generate(prompt, max_new_tokens=30, do_sample=False, pad_token_id=0)
+        out = model.generate(prompt, max_new_tokens=14, do_sample=False, pad_token_id=0)
         seq = prompt
-        for _ in range(30):
+        for _ in range(14):
             nxt = model(seq, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
             seq = torch.cat([seq, nxt], dim=1)
     assert torch.equal(out, seq)

@@ -89,8 +89,11 @@ class LoraSpec:
         r (`int`, *optional*, defaults to `16`).
         alpha (`int`, *optional*, defaults to `32`).
         dropout (`float`, *optional*, defaults to `0.0`).
-        target_modules (`list[str]`, *optional*, defaults to attention + expert projections): named
-            modules (``"all-linear"`` would also wrap the MoE router gate, which should stay put).
+        target_modules (`list[str]`, *optional*, defaults to attention + dense/shared-expert projections):
+            named ``nn.Linear`` modules (``"all-linear"`` would also wrap the MoE router gate, which should
+            stay put).
+        target_parameters (`list[str]`, *optional*): 3D routed-expert weights adapted through peft's
+            ``target_parameters``, e.g. ``["experts.gate_up_proj", "experts.down_proj"]``.
     """
 
     enabled: bool = False
@@ -99,12 +102,14 @@ class LoraSpec:
     dropout: float = 0.0
     target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    target_parameters: list[str] | None = None
 
     def build(self):
         from peft import LoraConfig
 
+        extra = {"target_parameters": list(self.target_parameters)} if self.target_parameters else {}
         return LoraConfig(task_type="SEQ_CLS", r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
-                          target_modules=list(self.target_modules), modules_to_save=["score"])
+                          target_modules=list(self.target_modules), modules_to_save=["score"], **extra)
 
 
 @dataclass

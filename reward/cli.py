@@ -1,0 +1,126 @@
+"""``yialign-reward``: inspect a reward model's rankings (entry point ``reward.cli:main``).
+
+Run as (``python -m reward ...`` works the same before the console script is installed)::
+
+    # candidates from a file (candidate rows and/or pair rows, e.g. the synth stage's pairs.jsonl)
+    yialign-reward inspect --model runs/tiny_cpu/reward/model \\
+        --candidates runs/tiny_cpu/synth/pairs.jsonl --out runs/tiny_cpu/reward_inspect
+
+    # 16 samples per held-out problem from a policy with any sampler backend, judged by the verifiers
+    yialign-reward inspect --model runs/tiny_cpu/reward/model --policy runs/tiny_cpu/sft_hard/model \\
+        --problems templates:heldout --limit 20 --n 16 --sampler native --out /tmp/inspect
+
+    # prompts from a JSONL file ({"prompt": ..., "problem": {...optional}} rows)
+    yialign-reward inspect --model RM --policy POLICY --prompts prompts.jsonl --sampler hf
+
+It prints the summary and the per-prompt tables, and writes ``scores.jsonl``, ``summary.json``,
+``table.txt`` and ``report.html`` into ``--out`` (reward/inspect.py, reward/report.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="yialign-reward", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    ins = sub.add_parser("inspect", help="rank candidates with a reward model; summary, tables, HTML report")
+    ins.add_argument("--model", required=True, help="reward model folder (save_pretrained, e.g. the reward stage's model)")
+    src = ins.add_mutually_exclusive_group(required=True)
+    src.add_argument("--candidates", help="JSONL of candidate rows and/or preference pair rows")
+    src.add_argument("--prompts", help="JSONL of {prompt, problem?} rows to sample candidates for")
+    src.add_argument("--problems", help="SOURCE[:SPLIT] of synth.problems (e.g. templates:heldout) to sample for")
+    ins.add_argument("--policy", help="policy checkpoint that samples candidates (with --prompts/--problems)")
+    ins.add_argument("--sampler", default="native",
+                     help="sampler backend name (recipes/sampler/<name>.yaml) or a YAML file (default: native)")
+    ins.add_argument("--n", type=int, default=16, help="samples per prompt (default: 16)")
+    ins.add_argument("--max-new-tokens", type=int, default=256)
+    ins.add_argument("--temperature", type=float, default=1.0)
+    ins.add_argument("--limit", type=int, default=None, help="use only the first N prompts / problems")
+    ins.add_argument("--out", default="reward_inspect", help="output folder (default: ./reward_inspect)")
+    ins.add_argument("--device", default="cpu")
+    ins.add_argument("--batch-size", type=int, default=16, help="sequences per scoring forward pass")
+    ins.add_argument("--max-length", type=int, default=4096, help="longer sequences keep their last tokens")
+    ins.add_argument("--show", type=int, default=10, help="prompts printed as tables (all go to table.txt)")
+    ins.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def _sampled_candidates(args) -> list[dict]:
+    from omegaconf import OmegaConf
+
+    from alignment.sampling import SamplingParams, build_sampler
+    from reward.inspect import sample_candidates
+
+    if not args.policy:
+        raise SystemExit("--prompts/--problems need --policy (the checkpoint that samples the candidates)")
+    problems = None
+    if args.problems:
+        from synth.problems import load_problems
+
+        source, _, split = args.problems.partition(":")
+        problems = load_problems(source, split or "heldout", n=args.limit, seed=args.seed)
+        prompts = [p.prompt for p in problems]
+    else:
+        from synth.problems import Problem
+
+        prompts, problems = [], []
+        with open(args.prompts, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                row = json.loads(line)
+                if "prompt" not in row:
+                    raise SystemExit(f"{args.prompts}:{lineno}: missing key 'prompt'")
+                prompts.append(row["prompt"])
+                problems.append(Problem.from_dict(row["problem"]) if row.get("problem") else None)
+                if args.limit is not None and len(prompts) >= args.limit:
+                    break
+        if not any(problems):
+            problems = None
+    yaml_path = Path(args.sampler) if args.sampler.endswith((".yaml", ".yml")) else RECIPES / "sampler" / f"{args.sampler}.yaml"
+    if not yaml_path.is_file():
+        raise SystemExit(f"--sampler: no sampler recipe {yaml_path}")
+    sampler = build_sampler(OmegaConf.load(yaml_path), args.policy, device=args.device)
+    params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
+    return sample_candidates(sampler, prompts, args.n, params, problems=problems, source=Path(args.policy).name)
+
+
+def inspect_command(args) -> dict:
+    from reward.inspect import format_summary, format_table, load_candidates, run_inspection
+    from reward.score import RewardScorer
+
+    cands = load_candidates(args.candidates) if args.candidates else _sampled_candidates(args)
+    if args.candidates and args.limit is not None:
+        keep = list(dict.fromkeys(json.dumps(c["prompt"], sort_keys=True) for c in cands))[:args.limit]
+        cands = [c for c in cands if json.dumps(c["prompt"], sort_keys=True) in set(keep)]
+    scorer = RewardScorer.from_pretrained(args.model, device=args.device, batch_size=args.batch_size,
+                                          max_length=args.max_length)
+    summary = run_inspection(scorer, cands, args.out, title=f"Reward model {args.model}")
+    print(format_summary(summary))
+    print()
+    print(format_table(cands, max_prompts=args.show))
+    out = Path(args.out)
+    print(f"wrote {out / 'report.html'}, {out / 'scores.jsonl'}, {out / 'summary.json'}, {out / 'table.txt'}")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "inspect":
+            inspect_command(args)
+    except (FileNotFoundError, ValueError) as e:  # bad input: one clear line, no traceback
+        print(f"yialign-reward: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

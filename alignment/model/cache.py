@@ -18,7 +18,27 @@ import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 
-class FullKVLayer(CacheLayerMixin):
+class _BatchOps:
+    """Batch-dimension edits generate() may apply (num_return_sequences expansion, beam reordering).
+    Ring `positions` have no batch dim: every row shares the same absolute positions."""
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        if self.is_initialized:
+            self.keys = self.keys.repeat_interleave(repeats, dim=0)
+            self.values = self.values.repeat_interleave(repeats, dim=0)
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self.is_initialized:
+            self.keys = self.keys[indices, ...]
+            self.values = self.values[indices, ...]
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        if self.is_initialized:
+            self.keys = self.keys.index_select(0, beam_idx.to(self.keys.device))
+            self.values = self.values.index_select(0, beam_idx.to(self.values.device))
+
+
+class FullKVLayer(_BatchOps, CacheLayerMixin):
     """Append-only K/V of a full-attention layer (or of a sharing group's first layer)."""
 
     def __init__(self):
@@ -49,7 +69,7 @@ class FullKVLayer(CacheLayerMixin):
         return self.seen + query_length, 0
 
 
-class SlidingRingLayer(CacheLayerMixin):
+class SlidingRingLayer(_BatchOps, CacheLayerMixin):
     """Ring buffer of the last `window` positions of a sliding-attention layer.
 
     `positions` holds the absolute position stored in each slot. The buffer grows until it holds
@@ -110,11 +130,6 @@ class SlidingRingLayer(CacheLayerMixin):
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         return min(self.seen, self.window) + query_length, 0
-
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        if self.is_initialized:
-            self.keys = self.keys.index_select(0, beam_idx.to(self.keys.device))
-            self.values = self.values.index_select(0, beam_idx.to(self.values.device))
 
 
 class YiLightningCache(Cache):

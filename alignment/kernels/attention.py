@@ -54,7 +54,10 @@ def _block_mask(B: int, S: int, L: int, sliding_window: int | None, seq_ids_BS: 
         if sliding_window is not None:
             keep = keep & (q_pos - kv_idx < sliding_window)
         if seq_ids_BS is not None:
-            keep = keep & (seq_ids_BS[b, q_pos] == seq_ids_BS[b, kv_idx])
+            # FlexAttention also evaluates positions past the end (padding to its 128 block): clamp so
+            # those lookups stay inside seq_ids (their scores are masked out anyway).
+            qi, ki = q_pos.clamp(max=L - 1), kv_idx.clamp(max=L - 1)
+            keep = keep & (seq_ids_BS[b, qi] == seq_ids_BS[b, ki])
         return keep
 
     bm = create_block_mask(mask_mod, B if seq_ids_BS is not None else None, None, S, L, device=device)

@@ -39,15 +39,17 @@ BLOCK_M_SMALL = 64
 SMALL_M_THRESHOLD = 512
 # kernel -> (BLOCK_N, BLOCK_K, num_warps, num_stages). 128x128x64 with 3-4 stages is the usual Hopper sweet
 # spot for Triton bf16 GEMMs without warp specialization; _gate_up_fwd keeps two accumulators, so narrower N.
+# Picked by ``python bench/moe.py --sweep anchor`` on an H100 (2026-11-25): each beat its neighbours by
+# 0.3-0.8 ms of a ~13 ms forward+backward at the anchor shape (run-to-run spread ~0.2 ms).
 _GEMM_CONFIGS = {
-    "gate_up": (64, 64, 8, 4),
-    "scatter": (128, 64, 8, 4),
-    "down_bwd": (64, 64, 8, 4),
-    "wgrad": (128, 128, 8, 3),  # (BLOCK_P, BLOCK_Q, warps, stages); BLOCK_M of the reduction is 64
+    "gate_up": (128, 64, 8, 3),
+    "scatter": (128, 64, 4, 4),
+    "down_bwd": (64, 128, 8, 3),
+    "wgrad": (128, 128, 8, 4),  # (BLOCK_P, BLOCK_Q, warps, stages); BLOCK_M of the reduction is 64
 }
 _WGRAD_BLOCK_M = 64
-# Backward keeps h = silu(g) * u ([Mp, I], written by _down_bwd) for the dW_down kernel instead of
-# recomputing it there once per D block; False trades that transient buffer for the recompute.
+# Backward keeps w * h = w * silu(g) * u ([Mp, I], written by _down_bwd) for the dW_down kernel instead
+# of recomputing it there once per D block; False trades that transient buffer for the recompute.
 STORE_H_IN_BACKWARD = True
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -212,7 +214,7 @@ def moe_backward(
     K._wgrad[(triton.cdiv(D, bp) * triton.cdiv(I, bq), E)](
         dy, h if store_h else gu, slot, pad_off, tw, dw_down, D, I, I, top_k,
         dy.stride(0), h.stride(0) if store_h else gu.stride(0), dw_down.stride(0),
-        L_GATHER=True, L_SCALE=True, R_GATHER=False, R_SWIGLU=not store_h, PREC=prec,
+        L_GATHER=True, L_SCALE=not store_h, R_GATHER=False, R_SWIGLU=not store_h, PREC=prec,
         BLOCK_M=wbm, BLOCK_P=bp, BLOCK_Q=bq, num_warps=warps, num_stages=stages,
     )
     dw_gu = torch.empty_like(w_gu)

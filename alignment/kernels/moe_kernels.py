@@ -177,10 +177,12 @@ def _down_bwd(
     # d(routing weight) = <dy, down(h)> = <dy @ w_down, h>, summed over this tile's share of I.
     h = silu * u
     part = tl.sum(acc * h, axis=1)
-    if STORE_H:  # h for the dW_down kernel, so it need not recompute silu once per D block
-        tl.store(h_ptr + rows64 * I + cols[None, :], h.to(h_ptr.dtype.element_ty), mask=omask)
     tl.atomic_add(dtopk_w_ptr + safe_slot, part, mask=valid, sem="relaxed")
     w = tl.load(topk_w_ptr + safe_slot, mask=valid, other=0.0)
+    if STORE_H:
+        # w * h for the dW_down kernel: dW_down[e] = sum_m dy_m^T (w_m h_m), so that kernel neither
+        # recomputes silu once per D block nor scales its gathered dy operand.
+        tl.store(h_ptr + rows64 * I + cols[None, :], (h * w[:, None]).to(h_ptr.dtype.element_ty), mask=omask)
     dh = acc * w[:, None]
     dg = dh * u * sig * (1.0 + g * (1.0 - sig))
     du = dh * silu

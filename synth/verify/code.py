@@ -224,7 +224,7 @@ class Sandbox:
             }
             with open(os.path.join(work, ".stdout"), "wb") as fout, open(os.path.join(work, ".stderr"), "wb") as ferr:
                 proc = subprocess.Popen(
-                    [self.python, "-s", "-P", "-B", str(HARNESS)],
+                    [self.python, "-S", "-s", "-P", "-B", str(HARNESS)],
                     stdin=subprocess.PIPE,
                     stdout=fout,
                     stderr=ferr,

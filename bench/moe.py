@@ -218,8 +218,54 @@ def profile(label):
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=40))
 
 
+def train_step(preset, batch=4, seq=2048, steps=6):
+    """Full training step of the in-repo model, impl=torch vs impl=triton (--train-step PRESET).
+
+    bf16 weights, fused AdamW, random token ids as inputs and labels. MFU counts 6 * active
+    parameters (experts scaled by top-k / E, input embedding excluded) per token against the
+    784 TFLOP/s dense bf16 ceiling measured on this H100 (shared/GPU.md).
+    """
+    import time
+
+    from alignment.model import YiLightningForCausalLM, load_preset
+
+    out = {}
+    for impl in ("torch", "triton"):
+        torch.manual_seed(0)
+        cfg = load_preset(preset, impl=impl)
+        model = YiLightningForCausalLM(cfg).cuda().bfloat16()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+        ids = torch.randint(0, cfg.vocab_size, (batch, seq), device="cuda")
+        k_over_e = cfg.router_top_k / cfg.num_experts
+        active = 0
+        for name, prm in model.named_parameters():
+            if "embed_tokens" in name:
+                continue
+            active += prm.numel() * (k_over_e if prm.dim() == 3 else 1)
+        times = []
+        for _ in range(steps):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            model(input_ids=ids, labels=ids).loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        t = sorted(times[2:])[len(times[2:]) // 2]
+        tok_s = batch * seq / t
+        out[impl] = tok_s
+        print(f"train step {preset} impl={impl}: {t * 1e3:.1f} ms, {tok_s:,.0f} tokens/s, "
+              f"MFU {6 * active * tok_s / 784e12:.1%} (active params {active / 1e6:.0f}M), "
+              f"peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+        del model, opt
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    print(f"train step speedup triton/torch: {out['triton'] / out['torch']:.2f}x")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--train-step", default=None, help="instead of the table, time a training step of this preset")
     p.add_argument("--profile", default=None, help="instead of the table, profile ours per kernel at this shape")
     p.add_argument("--sweep", default=None, help="instead of the table, sweep tile configs at this shape")
     p.add_argument("--shapes", default="anchor,fine,decode")
@@ -231,6 +277,8 @@ def main():
         return sweep(args.sweep)
     if args.profile:
         return profile(args.profile)
+    if args.train_step:
+        return train_step(args.train_step)
     all_rows = []
     for label in args.shapes.split(","):
         rows, err = run_shape(label, **SHAPES[label], impls=args.impls.split(","))

@@ -15,7 +15,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from omegaconf import DictConfig, OmegaConf
+try:  # hydra-core is a core dependency, but the GPU image runs samplers without it
+    from omegaconf import DictConfig, OmegaConf
+except ImportError:  # pragma: no cover
+    DictConfig = OmegaConf = None
 
 BACKENDS = ("native", "hf", "vllm")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -38,10 +41,12 @@ class SamplerConfig:
             ``float32``, ``bfloat16`` or ``float16``. Applied when the sampler loads a checkpoint; a
             model object passed in is used as it is.
         device (`str | None`, *optional*): overrides the ``device`` argument of ``build_sampler``.
-        cuda_graphs (`bool`, *optional*, defaults to `True`): native only: capture the decode step in
-            a CUDA graph (one per batch shape) on CUDA; ignored on CPU.
-        compile (`bool`, *optional*, defaults to `False`): native only: ``torch.compile`` the decode
-            step instead of capturing it by hand (measure before turning it on).
+        decode (`str`, *optional*, defaults to `"auto"`): native only, how decode steps run: ``model``
+            (the model's own forward + YiLightningCache; finished rows are dropped from the batch),
+            ``static`` (static_decode.py: fixed-shape K/V buffers, graph-capturable; in-repo model
+            only) or ``auto`` (``static`` on CUDA for the in-repo model, ``model`` elsewhere).
+        cuda_graphs (`bool`, *optional*, defaults to `True`): native only: capture the static decode
+            step in a CUDA graph (one per batch) on CUDA; ignored on CPU.
         sort_by_length (`bool`, *optional*, defaults to `True`): group prompts of similar length into
             one batch, to waste less on left padding; results keep the caller's order.
         tensor_parallel_size (`int`, *optional*, defaults to `1`): vllm only: GPUs per model replica.
@@ -62,8 +67,8 @@ class SamplerConfig:
     max_batch_size: int = 512
     dtype: str = "auto"
     device: str | None = None
+    decode: str = "auto"
     cuda_graphs: bool = True
-    compile: bool = False
     sort_by_length: bool = True
     tensor_parallel_size: int = 1
     data_parallel_size: int = 1
@@ -82,6 +87,8 @@ class SamplerConfig:
                 raise ValueError(f"sampler.{key} must be >= 1, got {getattr(self, key)}")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ValueError(f"sampler.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        if self.decode not in ("auto", "model", "static"):
+            raise ValueError(f"sampler.decode must be 'auto', 'model' or 'static', got {self.decode!r}")
         if self.model_impl not in ("auto", "transformers"):
             raise ValueError(f"sampler.model_impl must be 'auto' or 'transformers', got {self.model_impl!r}")
 
@@ -92,7 +99,7 @@ class SamplerConfig:
             return cls()
         if isinstance(cfg, cls):
             return cfg
-        if isinstance(cfg, DictConfig):
+        if DictConfig is not None and isinstance(cfg, DictConfig):
             # Resolve interpolations (``${...}``) before reading values.
             cfg = OmegaConf.to_container(cfg, resolve=True)
         if not isinstance(cfg, Mapping):

@@ -147,6 +147,13 @@ class NativeSampler:
                 out[i] = g
         return out
 
+    def _use_static(self) -> bool:
+        if self.cfg.decode == "auto":
+            return self.device.type == "cuda" and self.model.config.model_type == "yi_lightning"
+        if self.cfg.decode == "static" and self.model.config.model_type != "yi_lightning":
+            raise ValueError("sampler.decode='static' needs the in-repo model (model_type yi_lightning)")
+        return self.cfg.decode == "static"
+
     def _generate_batch(self, rows, n, params, detector, generator) -> list[list[Sample]]:
         input_ids, mask = left_pad(rows, self.pad_id, self.device)
         P, L = input_ids.shape
@@ -157,10 +164,17 @@ class NativeSampler:
         self.stats["prefill_tokens"] += P * L
 
         # Share the prefill: every prompt's cache rows and logits are repeated n times.
-        if n > 1:
+        static = None
+        if self._use_static():
+            from alignment.sampling.static_decode import StaticDecoder
+
+            static = StaticDecoder(self.model, P * n, L + params.max_new_tokens, use_graph=self.cfg.cuda_graphs)
+            static.load_prefill(cache, mask, n)
+            del cache
+        elif n > 1:
             cache_batch_apply(cache, lambda t: t.repeat_interleave(n, dim=0))
-            logits = logits.repeat_interleave(n, dim=0)
             mask = mask.repeat_interleave(n, dim=0)
+        logits = logits.repeat_interleave(n, dim=0)
         next_pos = pos[:, -1].repeat_interleave(n) + 1
 
         B = P * n
@@ -180,14 +194,18 @@ class NativeSampler:
             keep = [j for j, r in enumerate(live) if not ended[r]]
             if not keep or step == params.max_new_tokens - 1:
                 break
-            if len(keep) <= (1 - COMPACT_AT) * len(live):
-                # Drop finished rows; until then they decode padding whose output is ignored.
-                sel = torch.tensor(keep, device=self.device)
-                cache_batch_apply(cache, lambda t: t.index_select(0, sel))
-                tok, mask, next_pos = tok[sel], mask[sel], next_pos[sel]
-                live = [live[j] for j in keep]
-            mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
-            logits = self._forward(tok[:, None], mask, next_pos[:, None], cache)
+            if static is not None:
+                # Fixed batch (the graph is captured for it): finished rows decode ignored tokens.
+                logits = static.step(tok, next_pos, L + step)
+            else:
+                if len(keep) <= (1 - COMPACT_AT) * len(live):
+                    # Drop finished rows; until then they decode tokens whose output is ignored.
+                    sel = torch.tensor(keep, device=self.device)
+                    cache_batch_apply(cache, lambda t: t.index_select(0, sel))
+                    tok, mask, next_pos = tok[sel], mask[sel], next_pos[sel]
+                    live = [live[j] for j in keep]
+                mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+                logits = self._forward(tok[:, None], mask, next_pos[:, None], cache)
             next_pos = next_pos + 1
             self.stats["decode_steps"] += 1
             self.stats["decode_rows"] += len(live)

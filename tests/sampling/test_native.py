@@ -41,22 +41,41 @@ def prompt_ids(sampler, prompts):
     return encode_prompts(sampler.tokenizer, prompts)
 
 
-def test_greedy_equals_full_forward_argmax_past_window_with_kv_sharing(model, tokenizer):
-    steps = 2 * WINDOW + 3  # prompt + generation run well past the sliding window: the ring wraps
-    sampler = build_sampler({"backend": "native"}, model, tokenizer)
-    groups = sampler.generate(PROMPTS, n=2, params=SamplingParams(max_new_tokens=steps, temperature=0))
-    for ids, group in zip(prompt_ids(sampler, PROMPTS), groups):
-        want = full_forward_greedy(model, ids, steps)
+# "model": the model's own forward + YiLightningCache; "static": static_decode.py (the GPU path).
+DECODE = ["model", "static"]
+
+
+STEPS = 2 * WINDOW + 3  # prompt + generation run well past the sliding window: the ring wraps
+
+
+@pytest.fixture(scope="module")
+def greedy_refs(model, tokenizer):
+    """Per prompt: (greedy continuation, its log-prob), both from full forward passes."""
+    from alignment.sampling.text import encode_prompts
+
+    refs = []
+    for ids in encode_prompts(tokenizer, PROMPTS):
+        want = full_forward_greedy(model, ids, STEPS)
+        refs.append((want, full_forward_logprob(model, ids, want)))
+    return refs
+
+
+@pytest.mark.parametrize("decode", DECODE)
+def test_greedy_equals_full_forward_argmax_past_window_with_kv_sharing(model, tokenizer, greedy_refs, decode):
+    sampler = build_sampler({"backend": "native", "decode": decode}, model, tokenizer)
+    groups = sampler.generate(PROMPTS, n=2, params=SamplingParams(max_new_tokens=STEPS, temperature=0))
+    for (want, want_logprob), group in zip(greedy_refs, groups):
         assert len(set(want)) > 3, "degenerate reference: the test would not catch a broken cache"
         for s in group:
             assert s.token_ids == want
             assert s.finish_reason == "length"
-            assert s.logprob_sum == pytest.approx(full_forward_logprob(model, ids, want), abs=1e-3)
+            assert s.logprob_sum == pytest.approx(want_logprob, abs=1e-3)
 
 
-def test_sampled_logprob_sum_is_under_unmodified_distribution(model, tokenizer):
+@pytest.mark.parametrize("decode", DECODE)
+def test_sampled_logprob_sum_is_under_unmodified_distribution(model, tokenizer, decode):
     # temperature/top-k/top-p change what is drawn, not how it is scored.
-    sampler = build_sampler({"backend": "native"}, model, tokenizer)
+    sampler = build_sampler({"backend": "native", "decode": decode}, model, tokenizer)
     params = SamplingParams(max_new_tokens=WINDOW + 4, temperature=0.7, top_k=20, top_p=0.9, seed=3)
     groups = sampler.generate(PROMPTS[:2], n=3, params=params)
     for ids, group in zip(prompt_ids(sampler, PROMPTS[:2]), groups):
@@ -64,7 +83,8 @@ def test_sampled_logprob_sum_is_under_unmodified_distribution(model, tokenizer):
             assert s.logprob_sum == pytest.approx(full_forward_logprob(model, ids, s.token_ids), abs=1e-3)
 
 
-def test_n_samples_share_one_prefill(model, tokenizer):
+@pytest.mark.parametrize("decode", DECODE)
+def test_n_samples_share_one_prefill(model, tokenizer, decode):
     calls = []
     original = model.forward
 
@@ -74,14 +94,18 @@ def test_n_samples_share_one_prefill(model, tokenizer):
 
     model.forward = spy
     try:
-        sampler = build_sampler({"backend": "native", "max_prompts_per_batch": 8}, model, tokenizer)
+        sampler = build_sampler({"backend": "native", "max_prompts_per_batch": 8, "decode": decode}, model, tokenizer)
         sampler.generate(PROMPTS, n=6, params=SamplingParams(max_new_tokens=4, seed=0))
     finally:
         del model.forward
     width = max(len(p) for p in prompt_ids(sampler, PROMPTS))
     prefills = [c for c in calls if c[1] > 1]
     assert prefills == [(len(PROMPTS), width)], "one prefill of the 3 prompts, not one per sample"
-    assert all(c == (len(PROMPTS) * 6, 1) for c in calls[1:]), "then one token per sample per step"
+    if decode == "model":
+        assert all(c == (len(PROMPTS) * 6, 1) for c in calls[1:]), "then one token per sample per step"
+    else:
+        assert len(calls) == 1, "the static decoder runs the weights itself after the one prefill"
+    assert sampler.stats["decode_steps"] == 3
     assert sampler.stats["prefill_tokens"] == len(PROMPTS) * width
 
 

@@ -326,13 +326,17 @@ def train_dpo(
     from datasets import Dataset
     from trl import DPOTrainer
 
-    from alignment.artifacts import atomic_write_jsonl
+    from alignment.artifacts import atomic_write_text
 
     output_dir = Path(output_dir)
     cache_dir = output_dir / "ref_cache"
     data_file = cache_dir / "pairs.jsonl"
     rows = [normalize_pair(r, f"pair {i}") for i, r in enumerate(pairs)]
-    atomic_write_jsonl(data_file, rows)
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    # Rewrite only on change: the datasets fingerprint (and so the reference cache key) includes
+    # the file's mtime, and a resumed run must find the cache of the first attempt.
+    if not data_file.is_file() or data_file.read_text(encoding="utf-8") != text:
+        atomic_write_text(data_file, text)
     # A file-backed dataset puts TRL's tokenization and reference-log-prob caches next to it (in
     # the stage folder) instead of a temp dir that vanishes with the process.
     dataset = Dataset.from_json(str(data_file), cache_dir=str(cache_dir / "hf"))

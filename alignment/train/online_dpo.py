@@ -457,6 +457,8 @@ def run_rounds(
         metrics, pairs, policy_dir = run_round(cfg, ctx, k, policy_dir, items, make_sampler, make_scorer, verify, seed)
         metrics["round_s"] = round(time.perf_counter() - started, 3)
         atomic_write_json(done, metrics)  # the round's commit point
+        # Its trainer checkpoints (and reference cache) only served a resume of this round.
+        shutil.rmtree(ctx.checkpoint_dir / f"round{k}", ignore_errors=True)
         per_round.append(metrics)
         all_pairs.extend(pairs)
         print(f"[{ctx.name}] round {k}: {metrics['pairs']} pairs from {metrics['prompts']} prompts, "

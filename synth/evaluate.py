@@ -1,0 +1,191 @@
+"""The ``eval`` stage: held-out verified accuracy of one or more checkpoints.
+
+Math: greedy accuracy on held-out GSM-Symbolic templates, our held-out bilingual templates
+and ASDiv. Code: HumanEval pass@1 (greedy) and pass@k (``num_samples`` samples at
+``temperature``, unbiased estimator of Chen et al. 2021), tests run in the sandbox.
+Only held-out or eval-only splits are accepted here.
+
+Pipeline use (recipes/stage/eval.yaml)::
+
+    stage:
+      eval:
+        _target_: synth.evaluate.run
+        inputs: {sft_broad: sft_broad, sft_hard: sft_hard, dpo_r2: dpo_r2}   # every checkpoint
+        sampler: ${sampler}
+
+Every input with a model is evaluated (``models`` narrows the list); metrics are flat,
+``<input>/<set>/<metric>`` (e.g. ``sft_hard/humaneval/pass@1``). Standalone:
+``yialign-synth --config-name eval_checkpoint inputs.policy=/path/to/model``.
+Writes ``report.json`` (metrics + per-set counts) and ``samples.jsonl`` (every response
+with its verdict).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import MISSING
+
+from alignment.artifacts import atomic_write_json, atomic_write_jsonl
+from alignment.sampling.base import SamplingParams
+from alignment.stage import StageContext, StageResult
+from synth.problems import Problem, load_problems
+from synth.search.tree import default_render
+
+
+@dataclass
+class EvalSetSpec:
+    """One eval set.
+
+    Args:
+        source (`str`): ``gsm_symbolic``, ``templates``, ``codeio`` (held-out split), ``asdiv``, ``humaneval``.
+        split (`str`): ``heldout`` or ``test`` (training splits are refused).
+        n (`int | None`, *optional*): problems (None = the whole finite set).
+        seed (`int`, *optional*, defaults to `1234`): sampling seed of procedural sets.
+        name (`str`, *optional*): metric prefix; defaults to ``<source>_<split>``.
+    """
+
+    source: str = MISSING
+    split: str = MISSING
+    n: int | None = None
+    seed: int = 1234
+    name: str = ""
+
+
+@dataclass
+class EvalConfig:
+    """Schema of ``stage.eval``.
+
+    Args:
+        sets (`list[EvalSetSpec]`): what to evaluate.
+        sampler (`dict`, *optional*): the ``sampler`` group for ``build_sampler``.
+        models (`list[str]`, *optional*): input names to evaluate; empty = every input.
+        max_new_tokens (`int`, *optional*, defaults to `512`): per response.
+        num_samples (`int`, *optional*, defaults to `10`): code samples per problem for pass@k; 0 = greedy only.
+        pass_k (`list[int]`, *optional*, defaults to `[1, 10]`): k values reported from the samples.
+        temperature (`float`, *optional*, defaults to `0.8`): sampling temperature for pass@k.
+        top_p (`float`, *optional*, defaults to `0.95`): nucleus mass for pass@k.
+        code_timeout_s (`float`, *optional*, defaults to `5.0`): sandbox wall limit per test run.
+        verify_workers (`int`, *optional*, defaults to `2`): concurrent sandboxes.
+        seed (`int`, *optional*, defaults to `0`): sampling seed.
+        device (`str`, *optional*, defaults to `""`): empty = the pipeline's device.
+    """
+
+    sets: list[EvalSetSpec] = MISSING
+    sampler: dict[str, Any] = field(default_factory=dict)
+    models: list[str] = field(default_factory=list)
+    max_new_tokens: int = 512
+    num_samples: int = 10
+    pass_k: list[int] = field(default_factory=lambda: [1, 10])
+    temperature: float = 0.8
+    top_p: float = 0.95
+    code_timeout_s: float = 5.0
+    verify_workers: int = 2
+    seed: int = 0
+    device: str = ""
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples with c correct: 1 - C(n-c, k) / C(n, k)."""
+    if k > n:
+        raise ValueError(f"pass@{k} needs at least {k} samples, got {n}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def load_eval_sets(specs: list[EvalSetSpec]) -> list[tuple[str, list[Problem]]]:
+    out = []
+    for i, spec in enumerate(specs):
+        if spec.split == "train":
+            raise ValueError(f"sets[{i}]: eval uses held-out or test splits only, got {spec.source}/train")
+        name = spec.name or f"{spec.source}_{spec.split}"
+        out.append((name, load_problems(spec.source, spec.split, spec.n, spec.seed)))
+    return out
+
+
+def _verify_all(problems: list[Problem], responses: list[str], verifiers: dict, workers: int):
+    if problems and problems[0].kind == "code":
+        return verifiers["code"].verify_many(problems, responses, workers=workers)
+    return [verifiers["math"].verify(p, r) for p, r in zip(problems, responses)]
+
+
+def evaluate_sampler(sampler, render, sets: list[tuple[str, list[Problem]]], cfg: EvalConfig, prefix: str = "") -> tuple[dict[str, Any], list[dict]]:
+    """Evaluate one policy on every set; returns (flat metrics, per-response rows)."""
+    from tqdm import tqdm
+
+    from synth.verify import get_verifier
+
+    verifiers = {"math": get_verifier("math"), "code": get_verifier("code", timeout_s=cfg.code_timeout_s)}
+    metrics: dict[str, Any] = {}
+    rows: list[dict] = []
+    for name, problems in tqdm(sets, desc=f"eval {prefix or 'policy'}", unit="set"):
+        if not problems:
+            continue
+        key = f"{prefix}/{name}" if prefix else name
+        prompts = [render(p) for p in problems]
+        greedy = sampler.generate(prompts, 1, SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=0.0, seed=cfg.seed))
+        texts = [g[0].text for g in greedy]
+        verdicts = _verify_all(problems, texts, verifiers, cfg.verify_workers)
+        judged = [v for v in verdicts if v.error_kind is None]
+        acc = sum(v.passed for v in judged) / len(judged) if judged else 0.0
+        metric = "pass@1" if problems[0].kind == "code" else "acc"
+        metrics[f"{key}/{metric}"] = round(acc, 6)
+        metrics[f"{key}/n"] = len(judged)
+        if len(judged) < len(verdicts):
+            metrics[f"{key}/infra_faults"] = len(verdicts) - len(judged)
+        for p, t, v in zip(problems, texts, verdicts):
+            rows.append({"model": prefix, "set": name, "problem_id": p.id, "mode": "greedy", "response": t, **v.to_dict()})
+        if problems[0].kind == "code" and cfg.num_samples > 0:
+            params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed)
+            samples = sampler.generate(prompts, cfg.num_samples, params)
+            flat_p = [p for p, s in zip(problems, samples) for _ in s]
+            flat_t = [x.text for s in samples for x in s]
+            flat_v = _verify_all(flat_p, flat_t, verifiers, cfg.verify_workers)
+            per = {}
+            for p, v in zip(flat_p, flat_v):
+                if v.error_kind is None:
+                    n, c = per.get(p.id, (0, 0))
+                    per[p.id] = (n + 1, c + int(v.passed))
+            for k in cfg.pass_k:
+                vals = [pass_at_k(n, c, k) for n, c in per.values() if n >= k]
+                if vals:
+                    metrics[f"{key}/pass@{k}_sampled"] = round(sum(vals) / len(vals), 6)
+            for p, t, v in zip(flat_p, flat_t, flat_v):
+                rows.append({"model": prefix, "set": name, "problem_id": p.id, "mode": "sampled", "response": t, **v.to_dict()})
+    return metrics, rows
+
+
+def _build_policy(model_path: str, cfg: EvalConfig, device: str):
+    from transformers import AutoTokenizer
+
+    from alignment.sampling import build_sampler
+    from synth.search.tree import chat_render
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    sampler = build_sampler(dict(cfg.sampler), model_path, tokenizer=tokenizer, device=device)
+    return sampler, chat_render(tokenizer) if tokenizer.chat_template else default_render
+
+
+def run(cfg: EvalConfig, ctx: StageContext) -> StageResult:
+    """Stage runner: evaluates every input checkpoint (or those named in ``cfg.models``)."""
+    names = list(cfg.models) or list(ctx.inputs)
+    if not names:
+        raise ValueError(f"stage {ctx.name}: no checkpoints to evaluate (give inputs, e.g. inputs: {{policy: sft_hard}})")
+    sets = load_eval_sets(list(cfg.sets))
+    metrics: dict[str, Any] = {}
+    rows: list[dict] = []
+    single = len(names) == 1
+    for name in names:
+        model_path = str(ctx.input(name, "model"))
+        sampler, render = _build_policy(model_path, cfg, cfg.device or ctx.device)
+        m, r = evaluate_sampler(sampler, render, sets, cfg, prefix="" if single else name)
+        metrics.update(m)
+        rows.extend(r)
+    ctx.stage_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(Path(ctx.stage_dir) / "report.json", {"models": names, "metrics": metrics, "sets": {n: len(p) for n, p in sets}})
+    atomic_write_jsonl(Path(ctx.stage_dir) / "samples.jsonl", rows)
+    return StageResult(outputs={"report": "report.json", "samples": "samples.jsonl"}, metrics=metrics)

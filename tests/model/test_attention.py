@@ -56,8 +56,7 @@ def test_cached_attention_ring_order_and_padding_match_brute_force():
     torch.manual_seed(0)
     q = torch.randn(2, 4, 3, 8)
     k, v = torch.randn(2, 2, 6, 8), torch.randn(2, 2, 6, 8)
-    kpos = torch.tensor([8, 9, 4, 5, 6, 7])  # ring of 4 old keys (4..7 at slots, rotated) + ... order mixed
-    kpos = torch.tensor([8, 9, 10, 5, 6, 7])
+    kpos = torch.tensor([8, 9, 10, 5, 6, 7])  # ring slots hold positions out of order
     key_valid = torch.ones(2, 11, dtype=torch.bool)
     key_valid[1, 6] = False
     ctx = AttentionContext(past_len=8, seq_ids_BS=None, key_valid_BL=key_valid)

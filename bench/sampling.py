@@ -1,0 +1,136 @@
+"""Sampling throughput: the native sampler vs transformers generate (the hf backend), one run.
+
+Same model (our YiLightningForCausalLM, random init, a preset from recipes/model), same prompts,
+``--n`` samples per prompt (16: the online-DPO setting), every variant timed in this process.
+Prints generated tokens/s, the ratio to hf, and peak memory (GPU: torch's peak allocated; CPU:
+the process's peak RSS so far, which only grows, so read it per run with care).
+
+    python bench/sampling.py                              # tiny preset on CPU
+    python bench/sampling.py --preset small --device cuda # the H100 figure (native >= 10x hf target)
+
+Variants: ``hf`` (generate, num_return_sequences=n), ``native/model`` (one shared prefill, the
+model's own forward and cache, finished rows dropped), ``native/static`` (fixed-shape decode) and
+``native/static+graph`` (the same, captured in a CUDA graph; CUDA only). Random weights rarely
+emit EOS, so every sample runs to ``--max-new-tokens``; the count is taken from the results.
+
+The tokenizer is a word-level one over the model's whole vocabulary (token ``t<id>``), built
+here, so the benchmark needs no data files and every id the model emits decodes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from alignment.model import YiLightningForCausalLM, load_preset  # noqa: E402
+from alignment.sampling import SamplingParams, build_sampler  # noqa: E402
+
+
+def word_tokenizer(vocab_size: int):
+    """PreTrainedTokenizerFast whose ids 0..3 are specials and 4.. are the words t4, t5, ..."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>"]
+    vocab = {w: i for i, w in enumerate(specials + [f"t{i}" for i in range(len(specials), vocab_size)])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>",
+                                   unk_token="<unk>")
+
+
+def peak_memory_mb(device: str) -> float:
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run(name, cfg, model, tok, prompts, n, params, device):
+    sampler = build_sampler(cfg, model, tok, device=device)
+    # Warm-up on one prompt (kernel autotuning, cuBLAS handles); not timed.
+    sampler.generate(prompts[:1], n=2, params=SamplingParams(max_new_tokens=4, seed=0))
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    groups = sampler.generate(prompts, n=n, params=params)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    tokens = sum(len(s.token_ids) for g in groups for s in g)
+    return dict(name=name, tokens=tokens, seconds=dt, tps=tokens / dt, mem=peak_memory_mb(device))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--preset", default=None, help="model preset (default: tiny on CPU, small on CUDA)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--n", type=int, default=16)
+    ap.add_argument("--max-new-tokens", type=int, default=None, help="default: 64 on CPU, 128 on CUDA")
+    ap.add_argument("--prompt-len", type=int, default=64, help="longest prompt; others are shorter")
+    ap.add_argument("--variants", default="hf,native/model,native/static,native/static+graph")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    args = ap.parse_args()
+    cuda = args.device.startswith("cuda")
+    preset = args.preset or ("small" if cuda else "tiny")
+    max_new = args.max_new_tokens or (128 if cuda else 64)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    torch.manual_seed(0)
+    config = load_preset(preset)
+    dtype = torch.bfloat16 if cuda else torch.float32
+    model = YiLightningForCausalLM(config).to(device=args.device, dtype=dtype).eval()
+    tok = word_tokenizer(config.vocab_size)
+    g = torch.Generator().manual_seed(0)
+    prompts = []
+    for i in range(args.prompts):
+        length = args.prompt_len - (i * args.prompt_len) // (2 * args.prompts)  # from prompt_len down to ~half
+        prompts.append(" ".join(f"t{int(x)}" for x in torch.randint(4, config.vocab_size, (length,), generator=g)))
+    params = SamplingParams(max_new_tokens=max_new, temperature=1.0, top_p=1.0, seed=0)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"model {preset}: {n_params / 1e6:.1f}M params, {dtype}, device {args.device}"
+          + (f" ({torch.cuda.get_device_name()})" if cuda else f" ({torch.get_num_threads()} threads)"))
+    print(f"workload: {args.prompts} prompts ({args.prompt_len // 2}-{args.prompt_len} tokens) x {args.n} samples"
+          f" x {max_new} new tokens, temperature 1")
+
+    cfgs = {
+        "hf": {"backend": "hf"},
+        "native/model": {"backend": "native", "decode": "model"},
+        "native/static": {"backend": "native", "decode": "static", "cuda_graphs": False},
+        "native/static+graph": {"backend": "native", "decode": "static", "cuda_graphs": True},
+    }
+    rows = []
+    for name in args.variants.split(","):
+        if name == "native/static+graph" and not cuda:
+            continue
+        try:
+            rows.append(run(name, {**cfgs[name], "max_prompts_per_batch": args.prompts}, model, tok, prompts,
+                            args.n, params, args.device))
+            r = rows[-1]
+            print(f"  {name}: {r['tokens']} tokens in {r['seconds']:.2f}s", flush=True)
+        except Exception as e:  # one broken variant must not lose the others' numbers
+            print(f"  {name}: FAILED {type(e).__name__}: {e}", flush=True)
+
+    base = next((r["tps"] for r in rows if r["name"] == "hf"), None)
+    mem = "peak GPU MiB" if cuda else "peak RSS MiB"
+    print(f"\n| variant | generated tokens | seconds | tokens/s | x hf | {mem} |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        ratio = f"{r['tps'] / base:.2f}" if base else "-"
+        print(f"| {r['name']} | {r['tokens']} | {r['seconds']:.2f} | {r['tps']:.0f} | {ratio} | {r['mem']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()

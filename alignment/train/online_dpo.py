@@ -60,7 +60,7 @@ from alignment.sampling import Prompt, Sample, Sampler, SamplerConfig, SamplingP
 from alignment.sampling.text import encode_prompts
 from alignment.stage import StageContext, StageResult
 from alignment.train.dpo import DPOTrainArgs, load_policy, train_dpo
-from alignment.train.losses import sequence_logprobs
+from alignment.train.losses import dpo_implicit_rewards, dpo_loss, sequence_logprobs
 from alignment.train.pairs import Candidate, Drop, PairRule, PairStats, select_pair
 
 # --------------------------------------------------------------------------- config
@@ -110,7 +110,7 @@ class OnlineDPOConfig:
         pairs (`PairRule`, *optional*): best vs worst/random, ``min_gap``, verifier combination.
         train (`DPOTrainArgs`, *optional*): the DPO step.
         kl_samples (`int`, *optional*, defaults to `256`): sampled candidates used for the KL estimate
-            (0 = skip it).
+            (0 = skip it); also caps the pairs re-scored for the post-round DPO metrics.
         logprob_batch_size (`int`, *optional*, defaults to `16`): sequences per forward for the KL
             estimate.
         seed (`int | None`, *optional*): sampling/pairing seed; the recipe's seed when None.
@@ -302,6 +302,7 @@ def build_pairs(rows: Sequence[dict], rule: PairRule, seed: int, round_idx: int)
             "id": r["id"], "round": round_idx, "why": result.why, "margin": result.margin,
             "chosen_reward": c["reward"], "rejected_reward": j["reward"],
             "chosen_passed": c["passed"], "rejected_passed": j["passed"],
+            "chosen_index": result.chosen, "rejected_index": result.rejected,
         })
     return out, stats
 
@@ -345,6 +346,25 @@ def kl_metrics(ref_logps: torch.Tensor, policy_logps: torch.Tensor) -> dict[str,
     return {
         "kl_ref_k1": float((-log_r).mean()),
         "kl_ref_k3": float((log_r.clamp(max=50).exp() - 1 - log_r).mean()),
+    }
+
+
+def post_round_dpo_metrics(ref_logps: torch.Tensor, policy_logps: torch.Tensor, n_pairs: int, beta: float) -> dict:
+    """DPO implicit-reward accuracy, margin and loss of the trained policy on the round's pairs.
+
+    TRL's logged values are taken before each step's update (step 1 always shows 0), so with the
+    few steps of a round they say little; these are measured after the round. Inputs hold the
+    chosen log-probs of ``n_pairs`` pairs, then their rejected log-probs.
+    """
+    if n_pairs == 0:
+        return {}
+    pc, pr = policy_logps[:n_pairs], policy_logps[n_pairs:]
+    rc, rr = ref_logps[:n_pairs], ref_logps[n_pairs:]
+    chosen, rejected = dpo_implicit_rewards(pc, rc, beta), dpo_implicit_rewards(pr, rr, beta)
+    return {
+        "dpo_post_reward_accuracy": float((chosen > rejected).float().mean()),
+        "dpo_post_reward_margin": float((chosen - rejected).mean()),
+        "dpo_post_loss": float(dpo_loss(pc, pr, rc, rr, beta)),
     }
 
 
@@ -406,20 +426,28 @@ def run_round(
         metrics["dpo_skipped"] = 1
         return metrics, pairs, out_dir
     model, tokenizer = load_policy(policy_dir, ctx.device, cfg.train.model_dtype)
-    kl_rows = [(r["prompt"], s["token_ids"]) for r in rows for s in r["samples"]][: cfg.kl_samples]
-    ref_logps = None
-    if kl_rows:
-        ref_logps = completion_logprobs(model, tokenizer, [p for p, _ in kl_rows], [c for _, c in kl_rows],
-                                        cfg.logprob_batch_size)
+    # Sequences scored before and after training (exact sampled tokens): candidates for the KL
+    # estimate, then each pair's chosen and rejected for the post-round DPO metrics.
+    by_id = {r["id"]: r for r in rows}
+    kl_seqs = [(r["prompt"], s["token_ids"]) for r in rows for s in r["samples"]][: cfg.kl_samples]
+    eval_pairs = pairs[: cfg.kl_samples]
+    seqs = kl_seqs + [(p["prompt"], by_id[p["id"]]["samples"][p[side]]["token_ids"])
+                      for side in ("chosen_index", "rejected_index") for p in eval_pairs]
+    score_seqs = lambda: completion_logprobs(model, tokenizer, [p for p, _ in seqs], [c for _, c in seqs],  # noqa: E731
+                                             cfg.logprob_batch_size) if seqs else torch.zeros(0)
+    ref_logps = score_seqs()
+
     from transformers.trainer_utils import get_last_checkpoint
 
     ckpt_dir = ctx.checkpoint_dir / f"round{round_idx}"
     resume = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
     metrics.update(train_dpo(model, tokenizer, pairs, cfg.train, ckpt_dir, device=ctx.device,
                              seed=_round_seed(seed, round_idx), resume_from=resume))
-    if ref_logps is not None:
-        metrics.update(kl_metrics(ref_logps, completion_logprobs(
-            model, tokenizer, [p for p, _ in kl_rows], [c for _, c in kl_rows], cfg.logprob_batch_size)))
+    policy_logps = score_seqs()
+    n_kl, n_pairs = len(kl_seqs), len(eval_pairs)
+    if n_kl:
+        metrics.update(kl_metrics(ref_logps[:n_kl], policy_logps[:n_kl]))
+    metrics.update(post_round_dpo_metrics(ref_logps[n_kl:], policy_logps[n_kl:], n_pairs, cfg.train.beta))
     tmp = rdir / ".tmp-model"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
@@ -462,7 +490,7 @@ def run_rounds(
         per_round.append(metrics)
         all_pairs.extend(pairs)
         print(f"[{ctx.name}] round {k}: {metrics['pairs']} pairs from {metrics['prompts']} prompts, "
-              f"rm mean {metrics['rm_score_mean']:.3f}, dpo acc {metrics.get('dpo_reward_accuracy', float('nan')):.2f}, "
+              f"rm mean {metrics['rm_score_mean']:.3f}, dpo acc {metrics.get('dpo_post_reward_accuracy', float('nan')):.2f}, "
               f"{metrics['round_s']:.1f}s")
 
     atomic_write_jsonl(ctx.stage_dir / "pairs.jsonl", all_pairs)

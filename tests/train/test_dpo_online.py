@@ -123,10 +123,11 @@ def test_two_online_rounds_on_tiny_model(tmp_path, tiny_tokenizer, monkeypatch):
     m = res1.metrics
     assert m["pairs"] == len(pairs) and m["samples"] == 16 and m["verified_samples"] == 8
     for key in ("rm_score_mean", "rm_score_max", "pair_margin_mean", "dpo_reward_accuracy", "dpo_reward_margin",
-                "kl_ref_k1", "kl_ref_k3", "dpo_aux_loss"):
+                "kl_ref_k1", "kl_ref_k3", "dpo_aux_loss", "dpo_post_reward_accuracy", "dpo_post_reward_margin"):
         assert key in m and m[key] == m[key], key  # present and not NaN
     assert m["dpo_steps"] >= 1 and m["dpo_aux_loss"] > 0  # the MoE aux loss joined the DPO loss
     assert m["kl_ref_k3"] > 0  # the policy moved away from its reference
+    assert m["dpo_post_reward_margin"] > 0  # ... towards the chosen answers
 
     model1 = ctx1.stage_dir / res1.outputs["model"]
     before, after = _weights(policy), _weights(model1)

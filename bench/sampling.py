@@ -79,7 +79,8 @@ def main():
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--max-new-tokens", type=int, default=None, help="default: 64 on CPU, 128 on CUDA")
     ap.add_argument("--prompt-len", type=int, default=64, help="longest prompt; others are shorter")
-    ap.add_argument("--variants", default="hf,native/model,native/static,native/static+graph")
+    ap.add_argument("--variants", default="hf,native/static+graph,native/static,native/model")
+    ap.add_argument("--impl", default="auto", help="kernel switch of the model config (auto|torch|triton)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = ap.parse_args()
     cuda = args.device.startswith("cuda")
@@ -89,7 +90,7 @@ def main():
         torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
-    config = load_preset(preset)
+    config = load_preset(preset, impl=args.impl)
     dtype = torch.bfloat16 if cuda else torch.float32
     model = YiLightningForCausalLM(config).to(device=args.device, dtype=dtype).eval()
     tok = word_tokenizer(config.vocab_size)
@@ -100,7 +101,7 @@ def main():
         prompts.append(" ".join(f"t{int(x)}" for x in torch.randint(4, config.vocab_size, (length,), generator=g)))
     params = SamplingParams(max_new_tokens=max_new, temperature=1.0, top_p=1.0, seed=0)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"model {preset}: {n_params / 1e6:.1f}M params, {dtype}, device {args.device}"
+    print(f"model {preset}: {n_params / 1e6:.1f}M params, {dtype}, kernels {args.impl}, device {args.device}"
           + (f" ({torch.cuda.get_device_name()})" if cuda else f" ({torch.get_num_threads()} threads)"))
     print(f"workload: {args.prompts} prompts ({args.prompt_len // 2}-{args.prompt_len} tokens) x {args.n} samples"
           f" x {max_new} new tokens, temperature 1")

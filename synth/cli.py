@@ -78,10 +78,18 @@ RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 # an absolute config path: a relative one would resolve against the package under `python -m`
 @hydra.main(version_base="1.3", config_path=str(RECIPES / "synth"), config_name="dry_run")
-def main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> None:
     summary = run_job(cfg)
     json.dump(summary, sys.stdout, indent=2, ensure_ascii=False)
     sys.stdout.write("\n")
+
+
+def main() -> None:
+    """Console-script entry point (``yialign-synth = synth.cli:main``)."""
+    # recipes/ on the search path, so recipes may pull shared groups (``/sampler@job.sampler``)
+    if not any(a.startswith("hydra.searchpath") for a in sys.argv[1:]):
+        sys.argv.append(f"hydra.searchpath=[file://{RECIPES}]")
+    _main()
 
 
 if __name__ == "__main__":

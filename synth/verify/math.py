@@ -108,7 +108,7 @@ def _replace_latex_group(s: str, command: str, fmt) -> str:
 def normalize(ans: str) -> str:
     """Turn an answer string into a Python-syntax math expression string (may still fail to parse)."""
     s = ans.strip()
-    s = re.sub(r"\\text\{[^{}]*\}|\\mbox\{[^{}]*\}|\\mathrm\{[^{}]*\}", " ", s)  # units in LaTeX
+    s = re.sub(r"\\(?:text|mbox|mathrm)\{([^{}]*)\}", r" \1 ", s)  # keep the text; unit words drop below
     s = s.replace("\\$", "").replace("$", "").replace("\\%", "").replace("%", "")
     s = re.sub(r"\^\s*\{?\\circ\}?|°", "", s)
     for tok in ("\\left", "\\right", "\\!", "\\,", "\\;", "\\:", "\\displaystyle"):

@@ -1,0 +1,1 @@
+"""Tests of the synth area: verifiers, sandbox, problems, search, stage, eval."""

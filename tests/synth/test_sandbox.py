@@ -136,15 +136,18 @@ def test_ignored_signals_do_not_keep_it_alive(verifier):
     assert not v.passed and dt < 2.0 + 1.5
 
 
-def _sandbox_processes():
+def _sandbox_processes(of_uid_prefix: int) -> list[str]:
+    """Live (non-zombie) processes running as this test process's sandbox uids."""
     out = []
     for p in Path("/proc").iterdir():
         if p.name.isdigit():
             try:
-                if 200_000 <= p.stat().st_uid < 1_200_000:
-                    out.append(int(p.name))
+                uid = p.stat().st_uid
+                state = (p / "stat").read_text().rsplit(")", 1)[1].split()[0]
             except OSError:
-                pass
+                continue
+            if uid // 100 == of_uid_prefix and state != "Z":
+                out.append(f"{p.name}:{state}")
     return out
 
 
@@ -176,8 +179,11 @@ def test_parent_untouched(verifier, tmp_path):
     assert os.getcwd() == cwd and dict(os.environ) == env and signal.getsignal(signal.SIGTERM) == handler
     assert keep.read_text() == "original" and (keep.stat().st_mode & 0o777) != 0
     if ROOT:
-        time.sleep(0.2)
-        assert _sandbox_processes() == []  # the setsid'd grandchild died with the sandbox
+        prefix = 2000 + os.getpid() % 10_000  # Sandbox._next_uid: 200_000 + (pid % 10_000) * 100 + n
+        deadline = time.monotonic() + 2.0
+        while _sandbox_processes(prefix) and time.monotonic() < deadline:
+            time.sleep(0.05)  # the kernel tears the pid namespace down asynchronously
+        assert _sandbox_processes(prefix) == []  # the setsid'd grandchild died with the sandbox
 
 
 def test_infra_fault_is_reported_not_scored():

@@ -12,7 +12,9 @@ How a batch of prompts is sampled ``n`` times each:
 3. **Decode.** One token per row per step; rows that finish (EOS, a stop string, per row) are
    fed padding until the whole batch is done, and the batch is compacted (finished rows dropped
    from the cache) when at least half of it has finished, so long tails don't pay for dead rows.
-   On CUDA the decode step can run as a captured CUDA graph over a static cache (``cuda_graphs``).
+   On CUDA (``decode="auto"``/``"static"``) decode steps instead run static_decode.py: the same
+   weights over fixed-shape K/V buffers (ring + sharing kept), captured once per batch in a CUDA
+   graph (``cuda_graphs``), because the model's own step is launch-bound and not capturable.
 
 Left padding keeps every row's newest token in the same column; positions are per row
 (``cumsum(mask) - 1``), so padding shifts neither RoPE nor the sliding window.

@@ -16,7 +16,7 @@ What it does, top to bottom:
    ``ctx.last_checkpoint()``.
 4. **Save**: ``save_pretrained`` of model + tokenizer into a temp folder, published as
    output ``model``. Metrics: first/last train loss, held-out loss before/after, tokens,
-   parameters, wall time.
+   parameters, wall time; the held-out loss is also reported on the math sources alone.
 
 Run alone:  ``yialign stages=[base]``  (or ``yialign stages=[base] stage.base.max_steps=5``).
 Tests:      ``python -m pytest -q tests/train/test_base.py``.
@@ -36,6 +36,8 @@ from omegaconf import MISSING
 from alignment.artifacts import atomic_write_json
 from alignment.data.corpus import DEFAULT_SOURCES, load_corpus
 from alignment.stage import StageContext, StageResult
+
+MATH_SOURCES = ("arithmetic", "reasoning_gym")
 
 
 @dataclass
@@ -112,6 +114,8 @@ def pack_blocks(texts: list[str], tokenizer, seq_len: int, sep_id: int) -> list[
 
     The tail shorter than ``seq_len`` is dropped (no padding, every token trains).
     """
+    if not texts:
+        return []
     ids: list[int] = []
     for doc in tokenizer(texts, add_special_tokens=False)["input_ids"]:
         ids.append(sep_id)
@@ -129,18 +133,19 @@ def separator_id(tokenizer) -> int:
     return tokenizer.eos_token_id
 
 
-def heldout_loss(model, blocks: list[list[int]], batch_size: int, device) -> float:
-    """Mean next-token cross-entropy (no aux loss) over ``blocks``."""
+def heldout_loss(model, blocks: list[list[int]], batch_size: int, device, bf16: bool = False) -> float:
+    """Mean next-token cross-entropy (no aux loss) over ``blocks``; NaN when there are none."""
     import torch
 
     if not blocks:
         return float("nan")
     model.eval()
     total, count = 0.0, 0
-    with torch.no_grad():
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    with torch.no_grad(), autocast:
         for i in range(0, len(blocks), batch_size):
             x = torch.tensor(blocks[i : i + batch_size], device=device)
-            logits = model(input_ids=x).logits.float()
+            logits = model(input_ids=x, use_cache=False).logits.float()
             ce = torch.nn.functional.cross_entropy(
                 logits[:, :-1].reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="sum"
             )
@@ -214,16 +219,21 @@ def run(cfg: BaseConfig, ctx: StageContext) -> StageResult:
     random.Random(seed).shuffle(texts)
     sep = separator_id(tokenizer)
     blocks = pack_blocks(texts, tokenizer, cfg.seq_len, sep)
-    held_texts = load_corpus(cfg.sources, split="heldout", max_chars_per_source=cfg.max_chars_per_source, seed=seed)
-    random.Random(seed + 1).shuffle(held_texts)
-    held_blocks = pack_blocks(held_texts, tokenizer, cfg.seq_len, sep)[: cfg.eval_blocks]
+    # held-out loss on all sources, and on the math sources alone (what later math stages build on)
+    held = {}
+    math_sources = [s for s in cfg.sources if s in MATH_SOURCES]
+    for key, srcs in (("all", cfg.sources), ("math", math_sources)):
+        held_texts = load_corpus(srcs, split="heldout", max_chars_per_source=cfg.max_chars_per_source, seed=seed)
+        random.Random(seed + 1).shuffle(held_texts)
+        held[key] = pack_blocks(held_texts, tokenizer, cfg.seq_len, sep)[: cfg.eval_blocks]
     if cfg.max_steps > 0 and not blocks:
         raise ValueError(
             f"stage.base: the warm-up corpus ({sum(map(len, texts))} chars from {cfg.sources}) is shorter than "
             f"one block of seq_len={cfg.seq_len} tokens; raise max_chars_per_source or lower seq_len"
         )
     model.to(device)
-    loss_before = heldout_loss(model, held_blocks, cfg.per_device_train_batch_size, device)
+    bs, bf16 = cfg.per_device_train_batch_size, cfg.bf16 and device.type == "cuda"
+    before = {k: heldout_loss(model, b, bs, device, bf16) for k, b in held.items()}
 
     # ---- train
     metrics: dict[str, Any] = {}
@@ -265,7 +275,7 @@ def run(cfg: BaseConfig, ctx: StageContext) -> StageResult:
         )
         model = trainer.model
         model.config.use_cache = True
-    loss_after = heldout_loss(model, held_blocks, cfg.per_device_train_batch_size, device)
+    after = {k: heldout_loss(model, b, bs, device, bf16) for k, b in held.items()}
 
     # ---- save
     tmp = ctx.tmp_dir("model")
@@ -274,8 +284,10 @@ def run(cfg: BaseConfig, ctx: StageContext) -> StageResult:
     out = ctx.publish(tmp, "model")
     tokens = cfg.max_steps * cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * cfg.seq_len
     metrics.update(
-        heldout_loss_before=loss_before,
-        heldout_loss_after=loss_after,
+        heldout_loss_before=before["all"],
+        heldout_loss_after=after["all"],
+        heldout_math_loss_before=before["math"],
+        heldout_math_loss_after=after["math"],
         train_tokens=tokens,
         corpus_tokens=len(blocks) * cfg.seq_len,
         epochs=tokens / max(1, len(blocks) * cfg.seq_len),

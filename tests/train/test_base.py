@@ -109,6 +109,7 @@ def test_base_stage_trains_resumes_and_publishes(tmp_path):
     m = res.metrics
     assert m["train_loss_last"] < m["train_loss_first"]
     assert m["heldout_loss_after"] < m["heldout_loss_before"]
+    assert m["heldout_math_loss_after"] < m["heldout_math_loss_before"]
     assert m["train_tokens"] == 8 * 4 * 64 and m["vocab_size"] == 512 and m["resumed_from_step"] == 0
     assert ctx.last_checkpoint().endswith("checkpoint-8")
 

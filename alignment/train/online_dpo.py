@@ -47,6 +47,7 @@ import json
 import random
 import shutil
 import time
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -370,9 +371,13 @@ def post_round_dpo_metrics(ref_logps: torch.Tensor, policy_logps: torch.Tensor, 
 
 # --------------------------------------------------------------------------- rounds
 
+HEADLINE = ("pairs", "rm_score_mean", "rm_score_max", "verifier_pass_rate", "dpo_post_reward_accuracy",
+            "dpo_post_reward_margin", "kl_ref_k3", "round_s")
 
-def _round_seed(seed: int, round_idx: int) -> int:
-    return seed * 1000 + round_idx
+
+def _round_seed(seed: int, stage: str, round_idx: int) -> int:
+    """Distinct per stage and round: dpo_r2 must not redraw dpo_r1's samples if the policy did not move."""
+    return (seed * 1_000_003 + zlib.crc32(stage.encode()) + round_idx) % 2**31
 
 
 def run_round(
@@ -397,7 +402,7 @@ def run_round(
         rows = read_jsonl(cand_file)
     else:
         params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                                stop=list(cfg.stop), seed=_round_seed(seed, round_idx))
+                                stop=list(cfg.stop), seed=_round_seed(seed, ctx.name, round_idx))
         t0 = time.perf_counter()
         sampler = make_sampler(policy_dir)
         groups = generate_candidates(sampler, items, cfg.n_samples, params)
@@ -411,7 +416,7 @@ def run_round(
     metrics.update(candidate_metrics(rows))
 
     # ---- pairs
-    pairs, stats = build_pairs(rows, cfg.pairs, _round_seed(seed, round_idx), round_idx)
+    pairs, stats = build_pairs(rows, cfg.pairs, _round_seed(seed, ctx.name, round_idx), round_idx)
     metrics.update(stats.as_metrics())
     atomic_write_jsonl(rdir / "pairs.jsonl", pairs)
 
@@ -442,7 +447,7 @@ def run_round(
     ckpt_dir = ctx.checkpoint_dir / f"round{round_idx}"
     resume = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
     metrics.update(train_dpo(model, tokenizer, pairs, cfg.train, ckpt_dir, device=ctx.device,
-                             seed=_round_seed(seed, round_idx), resume_from=resume))
+                             seed=_round_seed(seed, ctx.name, round_idx), resume_from=resume))
     policy_logps = score_seqs()
     n_kl, n_pairs = len(kl_seqs), len(eval_pairs)
     if n_kl:
@@ -494,7 +499,10 @@ def run_rounds(
               f"{metrics['round_s']:.1f}s")
 
     atomic_write_jsonl(ctx.stage_dir / "pairs.jsonl", all_pairs)
-    flat = {k: v for k, v in per_round[-1].items() if isinstance(v, (int, float)) and k != "round"}
+    # Headline numbers first: the pipeline's stage table shows the first few.
+    last = per_round[-1]
+    flat = {k: last[k] for k in HEADLINE if k in last}
+    flat.update({k: v for k, v in last.items() if isinstance(v, (int, float)) and k != "round" and k not in flat})
     if cfg.rounds > 1:
         for m in per_round:
             flat.update({f"r{m['round']}/{k}": v for k, v in m.items() if isinstance(v, (int, float)) and k != "round"})

@@ -4,7 +4,7 @@
 
 Every op takes ``impl="auto"|"torch"|"triton"``. ``auto`` picks the Triton path for CUDA tensors
 when ``triton`` is installed and the plain-PyTorch reference (``reference.py``) everywhere else, so
-the CPU path never imports Triton. ``impl="triton"`` on CPU tensors only works under
+the CPU path never needs Triton (none of our Triton modules is imported there). ``impl="triton"`` on CPU tensors only works under
 ``TRITON_INTERPRET=1`` (that is how the CPU tests exercise the kernels). For ``hybrid_attention``
 the "triton" path is FlexAttention (which compiles to Triton on GPU).
 

@@ -17,7 +17,7 @@ def test_tiny_model_triton_matches_torch(device):
     ref = YiLightningForCausalLM(load_preset("tiny", impl="torch")).eval().to(device)
     fused = YiLightningForCausalLM(load_preset("tiny", impl="triton")).eval().to(device)
     fused.load_state_dict(ref.state_dict())
-    ids = torch.randint(0, ref.config.vocab_size, (2, 16), device=device)
+    ids = torch.randint(0, ref.config.vocab_size, (1, 12), device=device)
     with torch.no_grad():
         a, b = ref(input_ids=ids).logits, fused(input_ids=ids).logits
     # fp32 everywhere; on the GPU FlexAttention/Triton dots may use TF32 (~3e-4 relative)

@@ -214,7 +214,8 @@ def summarize(cands: list[dict]) -> dict[str, Any]:
     pairs = labelled_pairs(cands)
     vpairs = verifier_pairs(cands)
     judged_groups = [g for g in groups.values() if any(c["passed"] is not None for c in g)]
-    top1 = [min(g, key=lambda c: c["rank"])["passed"] is True for g in judged_groups]
+    # the RM's favourite among the judged candidates (unjudged ones cannot pass or fail)
+    top1 = [min((c for c in g if c["passed"] is not None), key=lambda c: c["rank"])["passed"] for g in judged_groups]
     rand = [_mean([c["passed"] is True for c in g if c["passed"] is not None]) for g in judged_groups]
     scores = [c["score"] for c in cands]
     lengths = [float(c["n_tokens"]) for c in cands]

@@ -101,8 +101,8 @@ def render_plots(cands: list[dict]) -> dict[str, str]:
     plots["calibration"] = _png(fig)
 
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    for flag, color, name in ((True, CHOSEN_COLOR, "passed"), (False, REJECTED_COLOR, "failed"),
-                              (None, NEUTRAL_COLOR, "no verdict")):
+    for flag, color, name in ((None, NEUTRAL_COLOR, "no verdict"), (True, CHOSEN_COLOR, "passed"),
+                              (False, REJECTED_COLOR, "failed")):  # judged points drawn on top
         pts = [c for c in cands if c["passed"] is flag]
         if pts:
             ax.scatter([c["n_tokens"] for c in pts], [c["score"] for c in pts], s=10, alpha=0.6, color=color,

@@ -79,6 +79,9 @@ class SynthConfig:
         code_timeout_s (`float`, *optional*, defaults to `5.0`): sandbox wall limit per code verdict.
         write_trees (`bool`, *optional*, defaults to `False`): also write the searched trees (trees.jsonl).
         device (`str`, *optional*, defaults to `""`): sampler device; empty = the pipeline's device.
+        start_method (`str`, *optional*, defaults to `"spawn"`): how worker processes start. ``spawn``
+            is safe with torch threads and CUDA; ``fork`` starts in milliseconds and is fine for the
+            model-free ``reference`` policy (tests use it).
     """
 
     problems: list[ProblemSpec] = MISSING
@@ -93,6 +96,7 @@ class SynthConfig:
     code_timeout_s: float = 5.0
     write_trees: bool = False
     device: str = ""
+    start_method: str = "spawn"
 
 
 # --------------------------------------------------------------------------- problems
@@ -222,9 +226,9 @@ def generate(problems: list[Problem], policy: PolicySpec, cfg: SynthConfig, out_
     walls: list[float] = []
     bar = tqdm(total=len(problems), initial=len(problems) - len(todo), desc="synth", unit="problem", disable=not progress)
     if todo and cfg.workers > 1:
-        # spawn: fork after torch/threads is unsafe. ProcessPoolExecutor (not mp.Pool) so a
+        # spawn by default: fork after torch/threads is unsafe. ProcessPoolExecutor (not mp.Pool) so a
         # worker that fails to start raises BrokenProcessPool instead of being respawned forever
-        with ProcessPoolExecutor(cfg.workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+        with ProcessPoolExecutor(cfg.workers, mp_context=mp.get_context(cfg.start_method), initializer=_init_worker,
                                  initargs=(*init_args, 1)) as pool:
             for fut in as_completed([pool.submit(_solve, job) for job in todo]):
                 _, solved, wall = fut.result()

@@ -12,15 +12,20 @@ Fine-grained ("granular") upcycling, as in DeepSeekMoE-style expert segmentation
 - The remaining ``S = num_segments - num_shared_segments`` segments become routed
   experts, copied ``replicas`` times: expert ``r * S + j`` is segment ``j`` of replica ``r``
   (so ``num_experts = S * replicas``; replicas give the router room to specialise).
-- Routed experts' down projections are multiplied by ``S``: with ``norm_topk_prob`` the
-  chosen weights sum to 1, so a token routed to all ``S`` segments of one replica with
-  equal weight ``1/S`` each gets exactly the dense FFN. This identity is what
-  tests/model/test_upcycle.py checks (logits equal the dense model's).
-- Router init: zeros (``router_init_std=0``), so all experts start equally probable. With
-  ``replicas=1`` and ``top_k=S`` every token then takes every segment at weight ``1/S``
-  and the upcycled model computes the dense function exactly at step 0. With fewer
-  experts per token, or replicas, the start is approximate (which copy/segment a tie
-  picks is torch.topk's choice); bench/upcycle.py measures the perplexity gap.
+- Routed experts' down projections are multiplied by ``k = top_k`` (experts per token,
+  ``S`` by default): with ``norm_topk_prob`` the k chosen weights sum to 1, so a token
+  given equal weight ``1/k`` per expert counts each chosen segment exactly once. With
+  ``k = S``, routing a token to all ``S`` segments of one replica gives exactly the
+  dense FFN; tests/model/test_upcycle.py checks this (logits equal the dense model's).
+  With ``k < S`` a token gets a sum of k segments, i.e. part of the dense FFN, not an
+  amplified one (scaling by S instead multiplied the chosen part by S/k: SmolLM2's
+  held-out perplexity went from 28 to 76,000 at k=4 of 8).
+- Router init: zeros (``router_init_std=0``), so all experts start equally probable and
+  get weight ``1/k``. With ``replicas=1`` and ``k=S`` every token takes every segment and
+  the upcycled model computes the dense function exactly at step 0. With replicas, which
+  copy a tie picks is torch.topk's choice (bench/upcycle.py: exact on SmolLM2, since
+  any copy of each segment gives the same sum only when the k picks cover every segment
+  once); with ``k < S`` the start drops segments and bench/upcycle.py measures the gap.
   A small ``router_init_std`` breaks the symmetry between replicas once training starts.
 - Attention pattern: every layer full attention and KV sharing off (the dense model's
   function), unless ``layer_types`` / ``full_attention_interval`` / ``kv_sharing`` are
@@ -180,7 +185,9 @@ def upcycle_dense(
         router_init_std (`float`, *optional*, defaults to `0.0`): std of the router's normal init.
         seed (`int`, *optional*, defaults to `0`): seed of the router init.
         **overrides: further ``YiLightningConfig`` fields (``impl``, ``aux_coef_*``,
-            ``full_attention_interval``, ``kv_sharing``, ``router_type`` ...).
+            ``full_attention_interval``, ``kv_sharing`` ...). Experts are scaled for top-k
+            routing with ``router_top_k = top_k``; under ``router_type="top_p"`` the number of
+            experts per token varies and the start is no longer calibrated.
     """
     from alignment.model import YiLightningForCausalLM
 
@@ -222,8 +229,8 @@ def upcycle_dense(
         down_SDm = down_DI[:, n_shared * m :].reshape(down_DI.shape[0], S, m).transpose(0, 1)
         gate_up_S2mD = torch.cat([gate_SmD, up_SmD], dim=1)
         out[p + "mlp.experts.gate_up_proj"] = gate_up_S2mD.repeat(replicas, 1, 1)
-        # x S: norm_topk_prob gives each of the S picked segments weight 1/S (see docstring)
-        out[p + "mlp.experts.down_proj"] = (down_SDm * S).repeat(replicas, 1, 1)
+        # x k: norm_topk_prob gives each of the k picked experts weight 1/k (see docstring)
+        out[p + "mlp.experts.down_proj"] = (down_SDm * config.router_top_k).repeat(replicas, 1, 1)
         router = dst[p + "mlp.gate.weight"]
         out[p + "mlp.gate.weight"] = torch.randn(router.shape, generator=gen).to(dtype) * router_init_std
 

@@ -88,6 +88,19 @@ def test_default_router_start_is_exact_and_wrong_weights_are_not():
     assert moe.lm_head.weight.data_ptr() == moe.model.embed_tokens.weight.data_ptr()
 
 
+def test_fewer_experts_per_token_count_each_segment_once():
+    # top_k=2 of 4 segments: a token routed to segments {0, 1} at weight 1/2 each must get
+    # exactly the dense FFN restricted to those segments (not an amplified half-FFN).
+    dense = tiny_llama()
+    moe = upcycle_dense(dense, num_segments=4, top_k=2).eval()
+    force_replica(moe, 2, 0, 0.5)  # "replica 0" of 2 = segments 0 and 1
+    with torch.no_grad():
+        for layer in dense.model.layers:
+            layer.mlp.down_proj.weight[:, 24:] = 0  # drop segments 2, 3 (columns 24..47)
+        x = torch.randint(0, 97, (2, 9))
+        torch.testing.assert_close(moe(input_ids=x).logits, dense(input_ids=x).logits, atol=1e-5, rtol=1e-5)
+
+
 def test_save_load_and_generate(tmp_path):
     dense = tiny_llama()
     moe = upcycle_dense(dense, num_segments=2, replicas=2, top_k=2, router_init_std=0.02).eval()

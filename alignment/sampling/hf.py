@@ -69,7 +69,9 @@ class HFSampler:
             checkpoint, _ = load_model_and_tokenizer(checkpoint, self.tokenizer, self.cfg, str(self.device))
         self.model = checkpoint.eval()
 
-    @torch.inference_mode()
+    # no_grad, not inference_mode: inference tensors have no version counter, which the GPU
+    # attention kernel's block-mask cache reads (alignment/kernels/attention.py).
+    @torch.no_grad()
     def generate(self, prompts: Sequence[Prompt], n: int, params: SamplingParams) -> list[list[Sample]]:
         check_params(n, params)
         ids = encode_prompts(self.tokenizer, prompts)

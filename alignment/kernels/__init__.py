@@ -4,9 +4,9 @@
 
 Every op takes ``impl="auto"|"torch"|"triton"``. ``auto`` picks the Triton path for CUDA tensors
 when ``triton`` is installed and the plain-PyTorch reference (``reference.py``) everywhere else, so
-the CPU path never needs Triton (none of our Triton modules is imported there). ``impl="triton"`` on CPU tensors only works under
-``TRITON_INTERPRET=1`` (that is how the CPU tests exercise the kernels). For ``hybrid_attention``
-the "triton" path is FlexAttention (which compiles to Triton on GPU).
+the CPU path never needs Triton (none of our Triton modules is imported there). ``impl="triton"``
+on CPU tensors only works under ``TRITON_INTERPRET=1`` (that is how the CPU tests exercise the
+kernels). For ``hybrid_attention`` the "triton" path is FlexAttention (which compiles to Triton on GPU).
 
 Each Triton path lives in its own module (``moe.py``, ``rmsnorm.py``, ``linear_ce.py``,
 ``attention.py``) with its ``@triton.jit`` code in the ``*_kernels.py`` beside it; those modules

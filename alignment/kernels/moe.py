@@ -115,7 +115,10 @@ def _check(x, w_gu, w_down, idx, tw):
     T, D = x.shape
     E, two_I, _ = w_gu.shape
     if w_gu.shape != (E, two_I, D) or two_I % 2 or w_down.shape != (E, D, two_I // 2):
-        raise ValueError(f"moe_experts: x {tuple(x.shape)}, w_gate_up {tuple(w_gu.shape)}, w_down {tuple(w_down.shape)}")
+        raise ValueError(
+            f"moe_experts: x {tuple(x.shape)}, w_gate_up {tuple(w_gu.shape)}, w_down {tuple(w_down.shape)} "
+            "(expected [T, D], [E, 2I, D], [E, D, I])"
+        )
     if idx.shape != tw.shape or idx.shape[0] != T:
         raise ValueError(f"moe_experts: topk_idx {tuple(idx.shape)} / topk_w {tuple(tw.shape)} must be [T={T}, K]")
     if not (x.dtype == w_gu.dtype == w_down.dtype):
@@ -229,7 +232,8 @@ def moe_backward(
 
 @moe_backward.register_fake
 def _(dy, x, w_gu, w_down, topk_w, gu, slot, tile_expert, pad_off, top_k):
-    return torch.empty_like(x), torch.empty_like(w_gu), torch.empty_like(w_down), torch.empty_like(topk_w, dtype=torch.float32)
+    dtw = torch.empty_like(topk_w, dtype=torch.float32)
+    return torch.empty_like(x), torch.empty_like(w_gu), torch.empty_like(w_down), dtw
 
 
 def _setup_context(ctx, inputs, output):

@@ -11,7 +11,8 @@ Kernels:
     _gate_up_fwd     gu = x[tok] @ w_gate_up[e].T, h = silu(g) * u         (gather + grouped GEMM + SwiGLU)
     _mm_scatter      out32[tok] += scale * (a @ B[e])                       (grouped GEMM + weight + scatter-add)
                      forward down-projection (scale = routing weight) and backward dx (scale = 1)
-    _down_bwd        dh' = dy[tok] @ w_down[e]; dw += <dh', h>; dgu = SwiGLU'(w * dh')   (backward through down + SwiGLU)
+    _down_bwd        dh' = dy[tok] @ w_down[e]; dw += <dh', h>; dgu = SwiGLU'(w * dh'); stores w * h
+                     (backward through the weighted down-projection and SwiGLU)
     _wgrad           dW[e] = sum_m L_m^T R_m over expert e's rows                         (per-expert weight gradients)
 
 Shape legend: T tokens, K slots, E experts, D hidden, I expert FFN, Mp padded sorted rows.

@@ -70,7 +70,9 @@ def moe_experts(
             f"w_down {tuple(w_down_EDI.shape)} (expected [E, 2I, D] and [E, D, I])"
         )
     if topk_idx_TK.shape != topk_w_TK.shape or topk_idx_TK.shape[0] != T:
-        raise ValueError(f"topk_idx {tuple(topk_idx_TK.shape)} and topk_w {tuple(topk_w_TK.shape)} must both be [T={T}, K]")
+        raise ValueError(
+            f"topk_idx {tuple(topk_idx_TK.shape)} and topk_w {tuple(topk_w_TK.shape)} must both be [T={T}, K]"
+        )
     I = two_I // 2
     order_M, token_M, counts_E = moe_routing(topk_idx_TK, E)
     acc_dtype = torch.promote_types(x_TD.dtype, torch.float32)  # fp32 accumulation, fp64 stays fp64

@@ -116,12 +116,15 @@ def assemble(
         if any(s.spec.name == src.spec.name for s in loaded):
             raise ValueError(f"extra source '{src.spec.name}' has the name of a recipe source")
     dropped, decontam_info = _decontaminate_all(loaded + list(extra), decontam)
-    extra_specs = [replace(src.spec, count=len(src.records)) for src in extra]
+    # Extra (synth) records are taken whole; if they alone exceed the target, a seeded sample of
+    # them fills it (build_mixture draws without replacement) and the recipe sources get nothing.
+    room = mixture.target_count if mixture.target_count is not None else None
+    extra_specs = []
+    for src in extra:
+        count = len(src.records) if room is None else min(len(src.records), room)
+        room = None if room is None else room - count
+        extra_specs.append(replace(src.spec, count=count))
     spec = replace(mixture, sources=list(mixture.sources) + extra_specs)
-    if mixture.target_count is not None:
-        fixed = sum(s.count for s in extra_specs)
-        if fixed > mixture.target_count:
-            raise ValueError(f"mixture '{mixture.name}': {fixed} extra (synth) records exceed target_count={mixture.target_count}")
     all_loaded = loaded + list(extra)
     targets = source_targets(spec.sources, spec.target_count) if spec.target_count is not None else [len(s.records) for s in all_loaded]
 

@@ -65,7 +65,8 @@ class LoraSpec:
         target_modules (`list[str]`, *optional*): attention and dense/shared-expert projections by
             default; never ``all-linear`` (it would wrap the router gate, STACK.md pitfall 8).
         target_parameters (`list[str]`, *optional*): 3D routed-expert weights to adapt through
-            peft's ``target_parameters`` (e.g. ``["experts.gate_up_proj", "experts.down_proj"]``).
+            peft's ``target_parameters`` (e.g. ``["experts.gate_up_proj", "experts.down_proj"]``);
+            needs ``dropout: 0.0``.
     """
 
     enabled: bool = False
@@ -90,6 +91,9 @@ class SFTStageConfig:
         synth_key (`str`, *optional*, defaults to `"sft"`): output of the ``synth`` input holding
             verified SFT records (used only when the stage has a ``synth`` input).
         synth_skip_bad_rows (`bool`, *optional*, defaults to `False`): drop malformed synth rows.
+        decontam_inputs (`list[str]`, *optional*, defaults to `[]`): extra eval sets produced by
+            earlier stages, as ``"<input name>:<output key>"`` (JSONL files, e.g. a held-out
+            synthetic set); added to ``decontam.extra_paths``.
         sampler (`dict`, *optional*): sampler block (``${sampler}``) for pass rates.
         max_length (`int`, *optional*, defaults to `4096`): tokens per packed row / per sample.
         packing (`bool`, *optional*, defaults to `True`): padding-free packing (block-causal mask).
@@ -120,6 +124,7 @@ class SFTStageConfig:
     hard: HardSelectionSpec = field(default_factory=lambda: HardSelectionSpec(enabled=False))
     synth_key: str = "sft"
     synth_skip_bad_rows: bool = False
+    decontam_inputs: list[str] = field(default_factory=list)
     sampler: Optional[dict[str, Any]] = None
     max_length: int = 4096
     packing: bool = True
@@ -269,7 +274,12 @@ def _peft_config(lora: LoraSpec):
         return None
     from peft import LoraConfig
 
-    kwargs = {"target_parameters": list(lora.target_parameters)} if lora.target_parameters else {}
+    kwargs = {}
+    if lora.target_parameters:
+        if lora.dropout != 0.0:
+            # peft's ParamWrapper (LoRA on 3D expert weights) has no dropout path.
+            raise ValueError(f"lora.target_parameters needs lora.dropout: 0.0 (got {lora.dropout})")
+        kwargs["target_parameters"] = list(lora.target_parameters)
     return LoraConfig(
         r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.target_modules), task_type="CAUSAL_LM", **kwargs
     )
@@ -307,6 +317,9 @@ def run(cfg: SFTStageConfig, ctx: StageContext) -> StageResult:
             sampler = build_sampler(cfg.sampler, model, tokenizer, device=device)
             params = SamplingParams(max_new_tokens=cfg.hard.pass_rate_max_new_tokens, temperature=1.0, seed=ctx.seed)
             rater = lambda recs: pass_rates(recs, sampler, rate_fn, cfg.hard.pass_rate_k, params)  # noqa: E731
+    for ref in cfg.decontam_inputs:
+        name, _, key = ref.partition(":")
+        cfg.decontam.extra_paths.append(str(ctx.input(name, key or None)))
     data = assemble(cfg.mixture, cfg.decontam, ctx.seed, extra, cfg.hard, scorer, rater, _resolve(cfg.hard.seed_expander))
     if not data.records:
         raise ValueError(f"stage '{ctx.name}': the mixture '{cfg.mixture.name}' is empty (check sources and decontamination)")

@@ -100,6 +100,9 @@ class SFTStageConfig:
         assistant_only_loss (`bool`, *optional*, defaults to `True`): loss on assistant tokens only.
         loss_weighting (`str`, *optional*, defaults to `"sample"`): ``sample`` (each sample's loss
             averaged over its own tokens, then over samples) or ``token``.
+        loss_impl (`str`, *optional*, defaults to `"auto"`): ``logits`` (full logits, then log-softmax),
+            ``fused`` (chunked linear cross-entropy from the final hidden states; never builds the
+            [tokens, vocab] logits) or ``auto`` (fused on CUDA, logits on CPU).
         num_train_epochs (`float`, *optional*, defaults to `2.0`): passes over the mixture.
         max_steps (`int`, *optional*, defaults to `-1`): stop after this many optimizer steps (>0).
         per_device_train_batch_size (`int`, *optional*, defaults to `4`): rows per micro-batch.
@@ -130,6 +133,7 @@ class SFTStageConfig:
     packing: bool = True
     assistant_only_loss: bool = True
     loss_weighting: str = "sample"
+    loss_impl: str = "auto"
     num_train_epochs: float = 2.0
     max_steps: int = -1
     per_device_train_batch_size: int = 4
@@ -173,7 +177,9 @@ def router_balance(router_stats: dict[str, torch.Tensor]) -> dict[str, float]:
     return out
 
 
-def sft_loss(model, inputs: dict[str, torch.Tensor], loss_weighting: str = "sample", num_items_in_batch=None) -> tuple[torch.Tensor, Any, dict[str, torch.Tensor]]:
+def sft_loss(
+    model, inputs: dict[str, torch.Tensor], loss_weighting: str = "sample", num_items_in_batch=None, lm_head_weight: torch.Tensor | None = None
+) -> tuple[torch.Tensor, Any, dict[str, torch.Tensor]]:
     """SFT loss of one micro-batch: (CE term + model aux loss, model outputs, parts for logging).
 
     ``inputs`` is a TRL collator batch: ``input_ids``, ``labels`` (-100 off the assistant), and
@@ -182,15 +188,28 @@ def sft_loss(model, inputs: dict[str, torch.Tensor], loss_weighting: str = "samp
     ``num_items_in_batch`` (the Trainer's token count over the accumulated step), the CE term is
     the token sum over that count; with ``"sample"`` it is the per-sample mean of this
     micro-batch (the caller divides by the accumulation steps).
+
+    With ``lm_head_weight`` (the LM head of the unwrapped model) the [tokens, vocab] logits are
+    never built: the model is asked for its final hidden states and a single position of logits,
+    and ``alignment.kernels.linear_cross_entropy`` scores the labels in chunks (Triton on CUDA).
+    The forward still goes through ``model`` itself, so DDP/FSDP wrappers see it.
     """
     if loss_weighting not in LOSS_WEIGHTINGS:
         raise ValueError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {loss_weighting!r}")
     labels = inputs["labels"]
     model_inputs = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "position_ids")}
-    outputs = model(**model_inputs, use_cache=False)
-    # Next-token alignment: logits at t predict labels at t+1.
+    # Next-token alignment: position t predicts label t+1.
     shift_labels = labels[:, 1:]
-    nll = -token_logprobs(outputs.logits[:, :-1], shift_labels)
+    if lm_head_weight is None:
+        outputs = model(**model_inputs, use_cache=False)
+        nll = -token_logprobs(outputs.logits[:, :-1], shift_labels)
+    else:
+        from alignment.kernels import linear_cross_entropy
+
+        outputs = model(**model_inputs, use_cache=False, output_hidden_states=True, logits_to_keep=1)
+        h = outputs.hidden_states[-1][:, :-1]
+        logp = linear_cross_entropy(h.reshape(-1, h.shape[-1]), lm_head_weight, shift_labels.reshape(-1))
+        nll = -logp.view_as(shift_labels)
     mask = shift_labels != -100
     if loss_weighting == "sample":
         sample_ids = None
@@ -211,7 +230,7 @@ class MoESFTTrainer(SFTTrainer):
     router-balance numbers to every log line).
     """
 
-    def __init__(self, *args, loss_weighting: str = "sample", **kwargs):
+    def __init__(self, *args, loss_weighting: str = "sample", fused_ce: bool = False, **kwargs):
         model = kwargs.get("model", args[0] if args else None)
         text_config = model.config.get_text_config()
         saved = {k: getattr(text_config, k) for k in ("output_router_logits", "router_aux_loss_coef") if hasattr(text_config, k)}
@@ -221,10 +240,12 @@ class MoESFTTrainer(SFTTrainer):
         for k, v in saved.items():
             setattr(text_config, k, v)
         self.loss_weighting = loss_weighting
+        self.fused_ce = fused_ce
         self.moe_metrics: dict[str, list[float]] = defaultdict(list)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss, outputs, parts = sft_loss(model, inputs, self.loss_weighting, num_items_in_batch)
+        head = self.accelerator.unwrap_model(model).get_output_embeddings().weight if self.fused_ce else None
+        loss, outputs, parts = sft_loss(model, inputs, self.loss_weighting, num_items_in_batch, head)
         # With num_items_in_batch the Trainer leaves gradient-accumulation scaling to the loss:
         # the token-weighted CE already divides by the step's token count; the per-sample CE and
         # the aux loss are micro-batch means, so divide them by the accumulation steps.
@@ -297,6 +318,8 @@ def run(cfg: SFTStageConfig, ctx: StageContext) -> StageResult:
     """Build the stage's mixture, train with :class:`MoESFTTrainer`, publish model + data + card."""
     t0 = time.time()
     cfg = _to_spec(cfg)
+    if cfg.loss_impl not in ("auto", "logits", "fused"):
+        raise ValueError(f"loss_impl must be auto, logits or fused, got {cfg.loss_impl!r}")
     device = ctx.device if ctx.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     policy_path = str(ctx.input("policy", "model"))
     model, tokenizer = _build_model(policy_path, cfg, device)
@@ -369,6 +392,7 @@ def run(cfg: SFTStageConfig, ctx: StageContext) -> StageResult:
     trainer = MoESFTTrainer(
         model=model, args=args, train_dataset=train_ds, processing_class=tokenizer,
         peft_config=_peft_config(cfg.lora), loss_weighting=cfg.loss_weighting,
+        fused_ce=cfg.loss_impl == "fused" or (cfg.loss_impl == "auto" and on_cuda),
     )
     resume = ctx.last_checkpoint()
     t1 = time.time()

@@ -33,17 +33,19 @@ def _examples(tok):
     return out
 
 
-@pytest.mark.parametrize("weighting", ["sample", "token"])
-def test_packed_loss_equals_unpacked_and_per_sample_alone(tiny_model, tiny_tokenizer, weighting):
+@pytest.mark.parametrize("weighting, fused", [("sample", False), ("token", False), ("sample", True)])
+def test_packed_loss_equals_unpacked_and_per_sample_alone(tiny_model, tiny_tokenizer, weighting, fused):
     model = tiny_model.train()  # train mode: aux loss is part of the loss
+    head = model.get_output_embeddings().weight if fused else None
     examples = _examples(tiny_tokenizer)
     pad = tiny_tokenizer.pad_token_id
     packed = DataCollatorForLanguageModeling(pad_token_id=pad, padding_free=True)(examples)
     padded = DataCollatorForLanguageModeling(pad_token_id=pad)(examples)
     assert "attention_mask" not in packed and packed["input_ids"].shape[0] == 1
-    torch.manual_seed(0)
-    loss_packed, out_packed, parts_packed = sft.sft_loss(model, packed, weighting)
-    loss_padded, _, parts_padded = sft.sft_loss(model, padded, weighting)
+    loss_packed, out_packed, parts_packed = sft.sft_loss(model, packed, weighting, lm_head_weight=head)
+    loss_padded, _, parts_padded = sft.sft_loss(model, padded, weighting)  # always the full-logits path
+    if fused:
+        assert out_packed.logits.shape[1] == 1  # the [tokens, vocab] logits were never built
     # The block-causal mask from position_ids makes the packed row compute exactly the padded batch.
     assert parts_packed["ce"].item() == pytest.approx(parts_padded["ce"].item(), rel=1e-5)
     if weighting == "sample":

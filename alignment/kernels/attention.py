@@ -16,7 +16,12 @@ BlockMasks are cached (``_MASK_CACHE_SIZE`` entries) keyed by shape, window and 
 an in-place edit bumps its version and misses): every layer of one forward shares one mask.
 On CPU (tests) the eager FlexAttention is used; on CUDA a ``torch.compile``d one.
 
-Tuning: FlexAttention's own block sizes (128x128 by default on H100) are left as they are.
+Short query chunks (S < ``FLEX_MIN_QUERIES``: decode steps, small prefill chunks) go to the SDPA
+reference instead: their dense mask is at most [B, 1, 127, L], and each new cache length L would
+otherwise cost a new BlockMask (and, until the compile turns dynamic, a Flex recompile).
+
+Tuning: FlexAttention's own block sizes (128x128 by default on H100) are left as they are;
+``FLEX_MIN_QUERIES`` = 128 is one Flex query block (re-measure with bench/attention.py).
 Tests: ``python -m pytest -q tests/kernels/test_attention.py``.
 """
 
@@ -27,6 +32,9 @@ from collections import OrderedDict
 import torch
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
+from alignment.kernels import reference
+
+FLEX_MIN_QUERIES = 128
 _MASK_CACHE_SIZE = 8
 _mask_cache: OrderedDict = OrderedDict()
 _compiled_flex = None
@@ -35,7 +43,7 @@ _compiled_flex = None
 def _flex():
     global _compiled_flex
     if _compiled_flex is None:
-        _compiled_flex = torch.compile(flex_attention, dynamic=False)
+        _compiled_flex = torch.compile(flex_attention)
     return _compiled_flex
 
 
@@ -79,6 +87,8 @@ def hybrid_attention(q_BHSD, k_BHKD, v_BHKD, *, sliding_window=None, seq_ids_BS=
         raise ValueError(f"sliding_window must be >= 1, got {sliding_window}")
     if seq_ids_BS is not None and seq_ids_BS.shape != (B, L):
         raise ValueError(f"seq_ids has shape {tuple(seq_ids_BS.shape)}, expected [B={B}, L={L}]")
+    if S < FLEX_MIN_QUERIES and q_BHSD.is_cuda:
+        return reference.hybrid_attention(q_BHSD, k_BHKD, v_BHKD, sliding_window=sliding_window, seq_ids_BS=seq_ids_BS)
     bm = _block_mask(B, S, L, sliding_window, seq_ids_BS, q_BHSD.device)
     fn = _flex() if q_BHSD.is_cuda else flex_attention
     return fn(q_BHSD, k_BHKD, v_BHKD, block_mask=bm, enable_gqa=Kh != H)

@@ -16,6 +16,8 @@ CASES = [
     (2, 4, 2, 40, 40, None, False, "full causal, GQA 2:1, S not a multiple of the 128 block"),
     (1, 2, 2, 150, 150, 16, False, "sliding window much smaller than a block: partial blocks"),
     (2, 4, 1, 64, 64, None, True, "packing: block-causal mask from seq_ids, MQA"),
+    (2, 4, 1, 200, 200, None, True, "packing past one Flex block, S not a multiple of 128 (on GPU the short"
+     " rows take the SDPA path, so this row is what checks Flex's padded tail with seq_ids there)"),
     (2, 2, 2, 130, 130, 20, True, "sliding window and packing together"),
     (1, 4, 2, 1, 33, 8, False, "decode: one query against a 33-key cache with a window"),
 ]
@@ -72,10 +74,10 @@ def test_reference_mask_semantics():
 def test_mask_cache_sees_in_place_edit(device):
     """Regression guard: editing seq_ids in place must not reuse a stale cached BlockMask."""
     gen = torch.Generator().manual_seed(1)
-    q, k, v = (torch.randn(1, 2, 24, 8, generator=gen).to(device) for _ in range(3))
-    ids = torch.zeros(1, 24, dtype=torch.long, device=device)
+    q, k, v = (torch.randn(1, 2, 160, 8, generator=gen).to(device) for _ in range(3))  # >= 128: the Flex path
+    ids = torch.zeros(1, 160, dtype=torch.long, device=device)
     a = hybrid_attention(q, k, v, seq_ids_BS=ids, impl="triton")
-    ids[:, 12:] = 1
+    ids[:, 80:] = 1
     b = hybrid_attention(q, k, v, seq_ids_BS=ids, impl="triton")
     ref = reference.hybrid_attention(q.cpu(), k.cpu(), v.cpu(), sliding_window=None, seq_ids_BS=ids.cpu())
     assert rel_err(b, ref) < 2e-3 and rel_err(a, ref) > 1e-1

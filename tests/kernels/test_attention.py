@@ -57,18 +57,6 @@ def test_flex_matches_reference(case, device):
         assert rel_err(a.grad, b.grad) < tol, name
 
 
-def test_reference_mask_semantics():
-    """The reference mask itself: causal, window and packing rules on a hand-checked example."""
-    ids = torch.tensor([[0, 0, 1, 1, 1]])
-    m = reference.attention_mask(5, 5, 2, ids, torch.device("cpu"))[0, 0]
-    want = torch.tensor([
-        [1, 0, 0, 0, 0],
-        [1, 1, 0, 0, 0],
-        [0, 0, 1, 0, 0],  # new sample starts: cannot see positions 0-1
-        [0, 0, 1, 1, 0],
-        [0, 0, 0, 1, 1],  # window 2: position 2 is out of reach
-    ], dtype=torch.bool)
-    assert torch.equal(m, want)
 
 
 def test_mask_cache_sees_in_place_edit(device):

@@ -44,7 +44,7 @@ Run the adversarial tests: ``python -m pytest -q tests/synth/test_sandbox.py``.
 from __future__ import annotations
 
 import ast
-import json
+import marshal
 import os
 import re
 import secrets
@@ -236,19 +236,26 @@ class Sandbox:
             os.close(status_w)
             status_w = -1
             try:
-                proc.stdin.write(json.dumps(cfg).encode())
+                proc.stdin.write(marshal.dumps(cfg))
                 proc.stdin.close()
             except BrokenPipeError:
                 pass
-            timed_out = False
+            # a blocking wait plus a kill timer: Popen.wait(timeout=) polls with sleeps of up to
+            # 50 ms, which would cap throughput at short verdicts
+            expired = threading.Event()
+
+            def _expire() -> None:
+                expired.set()
+                self._kill_group(proc)
+
+            timer = threading.Timer(self.timeout_s, _expire)
+            timer.start()
             try:
-                rc = proc.wait(timeout=self.timeout_s)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-                rc = None
-            self._kill_group(proc)
-            if rc is None:
                 rc = proc.wait()
+            finally:
+                timer.cancel()
+            timed_out = expired.is_set()
+            self._kill_group(proc)
             status = self._read_status(status_r)
             stdout = self._read_capped(os.path.join(work, ".stdout"))
             stderr = self._read_capped(os.path.join(work, ".stderr"))

@@ -2,7 +2,7 @@
 
 Not imported by the package: ``synth.verify.code`` runs it as a script,
 
-    python -s -P -B sandbox_harness.py        (JSON config on stdin)
+    python -S -s -P -B sandbox_harness.py        (marshal-encoded config dict on stdin)
 
 It sets up isolation, then runs ``solution.py`` and ``test.py`` from its working directory
 and calls ``check(<entry_point>)``. Protocol on the status pipe (fd given in the config):
@@ -12,16 +12,15 @@ a signal) never writes ``P<nonce>``, so it cannot pass. Exit code 3 with a line 
 ``HARNESS_SETUP_ERROR`` on stderr means the harness could not set up (an infra fault).
 
 Standard library only: this file runs with the candidate's limits and must not import
-the project.
+the project. Imports are kept minimal (marshal, not json; no traceback): each verdict pays
+for them, and ``json`` alone (re, enum) costs more than the rest of the harness.
 """
 
 import ctypes
-import json
+import marshal
 import os
 import resource
-import signal
 import sys
-import traceback
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWPID = 0x20000000
@@ -30,6 +29,7 @@ MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
 PR_SET_PDEATHSIG = 1
+SIGKILL = 9
 
 
 def _setup_fail(msg):
@@ -128,7 +128,7 @@ def _run_candidate(cfg, status_fd):
         ns["check"](ns[cfg["entry_point"]])
     except BaseException as e:  # SystemExit/KeyboardInterrupt too: an exit inside the tests is a failure
         sys.stdout.flush()
-        sys.stderr.write("CANDIDATE_ERROR " + "".join(traceback.format_exception_only(type(e), e)).strip()[:500] + "\n")
+        sys.stderr.write(f"CANDIDATE_ERROR {type(e).__name__}: {e}"[:500] + "\n")
         sys.stderr.flush()
         os._exit(1)
     sys.stdout.flush()
@@ -138,7 +138,7 @@ def _run_candidate(cfg, status_fd):
 
 def main():
     try:
-        cfg = json.loads(sys.stdin.read())
+        cfg = marshal.loads(sys.stdin.buffer.read())
         status_fd = cfg["status_fd"]
         libc = ctypes.CDLL(None, use_errno=True)
         cfg["_got"] = _isolate(cfg, libc)
@@ -153,7 +153,7 @@ def main():
         if pid:
             _, status = os.waitpid(pid, 0)
             os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        libc.prctl(PR_SET_PDEATHSIG, SIGKILL)
     try:
         _limit_and_drop(cfg)
     except BaseException as e:  # noqa: BLE001

@@ -1,0 +1,56 @@
+"""The eval stage: pass@k estimator, held-out accuracy with scripted policies, and a run on
+tiny checkpoints of two "stages" with flat metrics."""
+
+import json
+
+import pytest
+
+from alignment.stage import InputArtifact, StageContext
+from synth.evaluate import EvalConfig, EvalSetSpec, evaluate_sampler, load_eval_sets, pass_at_k, run
+from synth.search.scripted import ScriptedSampler
+from synth.search.tree import default_render
+
+
+@pytest.mark.parametrize("n, c, k, want", [(10, 0, 1, 0.0), (10, 10, 5, 1.0), (5, 2, 1, 0.4), (4, 1, 2, 0.5), (10, 3, 10, 1.0)])
+def test_pass_at_k(n, c, k, want):
+    assert pass_at_k(n, c, k) == pytest.approx(want)
+
+
+def test_pass_at_k_needs_enough_samples():
+    with pytest.raises(ValueError, match="at least 5"):
+        pass_at_k(3, 1, 5)
+
+
+def test_training_splits_are_refused():
+    with pytest.raises(ValueError, match="held-out or test"):
+        load_eval_sets([EvalSetSpec("templates", "train", 3)])
+
+
+@pytest.mark.parametrize("p_correct, want", [(1.0, 1.0), (0.0, 0.0)])
+def test_heldout_accuracy_with_scripted_policy(p_correct, want):
+    sets = load_eval_sets([EvalSetSpec("templates", "heldout", 6), EvalSetSpec("humaneval", "test", 2)])
+    sampler = ScriptedSampler([p for _, ps in sets for p in ps], p_correct=p_correct)
+    cfg = EvalConfig(sets=[], num_samples=2, pass_k=[1, 2])
+    metrics, rows = evaluate_sampler(sampler, default_render, sets, cfg)
+    assert metrics["templates_heldout/acc"] == want and metrics["templates_heldout/n"] == 6
+    assert metrics["humaneval_test/pass@1"] == want
+    assert metrics["humaneval_test/pass@2_sampled"] == want
+    assert len(rows) == 6 + 2 + 2 * 2
+
+
+def test_eval_stage_on_two_checkpoints(tmp_path, tiny_model, tiny_tokenizer):
+    pytest.importorskip("alignment.sampling.build")
+    path = tmp_path / "ckpt"
+    tiny_model.save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
+    inputs = {name: InputArtifact(name, path, {"model": path}, {}) for name in ("sft_broad", "sft_hard")}
+    ctx = StageContext(name="eval", run_dir=tmp_path, stage_dir=tmp_path / "eval", inputs=inputs)
+    cfg = EvalConfig(sets=[EvalSetSpec("asdiv", "test", 2), EvalSetSpec("humaneval", "test", 1)],
+                     sampler={"backend": "native"}, max_new_tokens=4, num_samples=0)
+    res = run(cfg, ctx)
+    for stage in ("sft_broad", "sft_hard"):
+        assert 0.0 <= res.metrics[f"{stage}/asdiv_test/acc"] <= 1.0
+        assert res.metrics[f"{stage}/humaneval_test/n"] == 1
+    assert all(isinstance(v, (int, float)) for v in res.metrics.values())  # flat
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert report["models"] == ["sft_broad", "sft_hard"]

@@ -103,8 +103,9 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.
     normalizes ``h`` and returns ``(y, h)`` so the caller keeps ``h`` as the new residual stream.
     """
     h = x if residual is None else x + residual
-    hf = h.float()
-    y = (hf * torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + eps) * weight.float()).to(x.dtype)
+    acc = torch.promote_types(h.dtype, torch.float32)  # fp32 statistics; fp64 stays fp64
+    hf = h.to(acc)
+    y = (hf * torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + eps) * weight.to(acc)).to(x.dtype)
     return y if residual is None else (y, h)
 
 

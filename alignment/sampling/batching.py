@@ -38,10 +38,11 @@ def plan_batches(lengths: list[int], n: int, cfg: SamplerConfig) -> list[list[in
     return [order[i : i + per] for i in range(0, len(order), per)]
 
 
-def left_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(input_ids, attention_mask)`` [B, max_len] with the padding on the left, so every row's
-    next token goes to the same column and the last column is every row's last prompt token."""
-    width = max(len(r) for r in rows)
+def left_pad(rows: list[list[int]], pad_id: int, device, multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)`` [B, width] with the padding on the left, so every row's
+    next token goes to the same column and the last column is every row's last prompt token.
+    ``width`` is the longest row rounded up to ``multiple`` (fewer distinct shapes to compile)."""
+    width = -(-max(len(r) for r in rows) // multiple) * multiple
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):

@@ -47,6 +47,9 @@ class SamplerConfig:
             only) or ``auto`` (``static`` on CUDA for the in-repo model, ``model`` elsewhere).
         cuda_graphs (`bool`, *optional*, defaults to `True`): native only: capture the static decode
             step in a CUDA graph (one per batch) on CUDA; ignored on CPU.
+        prompt_pad_multiple (`int | None`, *optional*): native only: left-pad each batch's prompts to a
+            multiple of this width, so compiled kernels (FlexAttention prefill, compiled per shape on
+            CUDA) see few distinct shapes; ``None`` = 64 on CUDA, 1 elsewhere.
         sort_by_length (`bool`, *optional*, defaults to `True`): group prompts of similar length into
             one batch, to waste less on left padding; results keep the caller's order.
         tensor_parallel_size (`int`, *optional*, defaults to `1`): vllm only: GPUs per model replica.
@@ -69,6 +72,7 @@ class SamplerConfig:
     device: str | None = None
     decode: str = "auto"
     cuda_graphs: bool = True
+    prompt_pad_multiple: int | None = None
     sort_by_length: bool = True
     tensor_parallel_size: int = 1
     data_parallel_size: int = 1
@@ -85,6 +89,8 @@ class SamplerConfig:
         for key in ("max_prompts_per_batch", "max_batch_size", "tensor_parallel_size", "data_parallel_size"):
             if getattr(self, key) < 1:
                 raise ValueError(f"sampler.{key} must be >= 1, got {getattr(self, key)}")
+        if self.prompt_pad_multiple is not None and self.prompt_pad_multiple < 1:
+            raise ValueError(f"sampler.prompt_pad_multiple must be >= 1 or null, got {self.prompt_pad_multiple}")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ValueError(f"sampler.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         if self.decode not in ("auto", "model", "static"):

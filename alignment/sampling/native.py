@@ -159,7 +159,8 @@ class NativeSampler:
         return self.cfg.decode == "static"
 
     def _generate_batch(self, rows, n, params, detector, generator) -> list[list[Sample]]:
-        input_ids, mask = left_pad(rows, self.pad_id, self.device)
+        multiple = self.cfg.prompt_pad_multiple or (64 if self.device.type == "cuda" else 1)
+        input_ids, mask = left_pad(rows, self.pad_id, self.device, multiple)
         P, L = input_ids.shape
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = self._new_cache()
@@ -188,7 +189,8 @@ class NativeSampler:
         ended = [False] * B
         for step in range(params.max_new_tokens):
             tok, lp = sample_tokens(logits, params, generator)
-            tok_l, lp_l = tok.tolist(), lp.tolist()
+            tok_l, lp_l = torch.stack([tok.to(lp.dtype), lp]).tolist()  # one host sync per step
+            tok_l = [int(x) for x in tok_l]
             active = [(j, r) for j, r in enumerate(live) if not ended[r]]
             for j, r in active:
                 tokens[r].append(tok_l[j])

@@ -60,9 +60,11 @@ def greedy_refs(model, tokenizer):
     return refs
 
 
-@pytest.mark.parametrize("decode", DECODE)
-def test_greedy_equals_full_forward_argmax_past_window_with_kv_sharing(model, tokenizer, greedy_refs, decode):
-    sampler = build_sampler({"backend": "native", "decode": decode}, model, tokenizer)
+@pytest.mark.parametrize("decode, pad_multiple", [("model", 1), ("static", 1), ("static", 16)])
+def test_greedy_equals_full_forward_argmax_past_window_with_kv_sharing(model, tokenizer, greedy_refs, decode, pad_multiple):
+    # pad_multiple 16: extra all-padding columns (the CUDA default pads to 64) must change nothing.
+    cfg = {"backend": "native", "decode": decode, "prompt_pad_multiple": pad_multiple}
+    sampler = build_sampler(cfg, model, tokenizer)
     groups = sampler.generate(PROMPTS, n=2, params=SamplingParams(max_new_tokens=STEPS, temperature=0))
     for (want, want_logprob), group in zip(greedy_refs, groups):
         assert len(set(want)) > 3, "degenerate reference: the test would not catch a broken cache"

@@ -131,6 +131,31 @@ def test_base_stage_trains_resumes_and_publishes(tmp_path):
     assert ctx.last_checkpoint().endswith("checkpoint-12")
 
 
+def test_upcycle_from_dense_checkpoint(tmp_path, tiny_tokenizer, monkeypatch):
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    import alignment.train.base as base_mod
+
+    torch.manual_seed(0)
+    dense = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tiny_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=True,
+    ))
+    dense.save_pretrained(tmp_path / "dense")
+    tiny_tokenizer.save_pretrained(tmp_path / "dense")
+    # upcycle-and-save only: must not need the corpus (the GPU box lacks its packages)
+    monkeypatch.setattr(base_mod, "load_corpus", lambda *a, **k: pytest.fail("read the corpus"))
+    cfg = tiny_cfg(init_from=str(tmp_path / "dense"), upcycle={"num_segments": 4, "num_shared_segments": 1},
+                   max_steps=0, eval_blocks=0)
+    res = run(cfg, make_ctx(tmp_path / "up"))
+    assert res.metrics["upcycled"] is True and res.metrics["vocab_size"] == len(tiny_tokenizer)
+    moe = AutoModelForCausalLM.from_pretrained(tmp_path / "up" / "base" / "model").eval()
+    assert moe.config.model_type == "yi_lightning" and moe.config.num_experts == 3
+    x = torch.randint(0, len(tiny_tokenizer), (1, 10))
+    with torch.no_grad():  # zero router, k = routed segments: every segment at 1/k -> the dense function
+        torch.testing.assert_close(moe(input_ids=x).logits, dense.eval()(input_ids=x).logits, atol=1e-4, rtol=1e-4)
+
+
 def test_tokenizer_path_and_too_little_text(tmp_path, tiny_tokenizer_path):
     cfg = tiny_cfg(tokenizer_path=str(tiny_tokenizer_path), max_steps=0)
     res = run(cfg, make_ctx(tmp_path / "a"))

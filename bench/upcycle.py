@@ -11,9 +11,11 @@ Settings (segments S of the 1,536-wide FFN, replicas R, experts per token k, sha
   the dense function exactly (what tests/model/test_upcycle.py proves on a tiny Llama);
 - ``S8 R2 k8``: 16 experts, two copies of each segment; a zero router ties, so which copy
   (or segment) a token gets is torch.topk's tie-break;
-- ``S8 R1 k4``: half the segments per token (each counted once): what sparsity costs
-  before any training;
-- ``S8(2 shared) R2 k6``: 2 segments always on, 6 of 12 routed experts per token.
+- ``S8(2 shared) R2 k6``: 2 segments always on, 6 of 12 routed experts per token;
+- ``S8 R1 k6`` / ``k4``: 6 or 4 of the 8 segments per token (each counted once): what
+  sparsity costs before any training, with a zero router (tie-break picks) and with the
+  router calibrated on train-split tokens (alignment.model.upcycle.calibrate_router);
+- ``S8(2 shared) R1 k3 calibrated``: 2 always-on segments + 3 of 6 routed: 5/8 of the FFN.
 
 Run (CPU, a few minutes)::
 
@@ -35,13 +37,18 @@ import torch
 
 import alignment  # noqa: F401  (Auto-class registration)
 from alignment.data.corpus import load_corpus
-from alignment.model.upcycle import load_dense, upcycle_dense
+from alignment.model.upcycle import calibrate_router, load_dense, upcycle_dense
 
+# name -> (upcycle_dense kwargs, calibrate the router on train-split tokens?)
 SETTINGS = {
-    "S8 R1 k8": dict(num_segments=8, replicas=1, top_k=8),
-    "S8 R2 k8": dict(num_segments=8, replicas=2, top_k=8),
-    "S8 R1 k4": dict(num_segments=8, replicas=1, top_k=4),
-    "S8(2 shared) R2 k6": dict(num_segments=8, replicas=2, top_k=6, num_shared_segments=2),
+    "S8 R1 k8": (dict(num_segments=8, replicas=1, top_k=8), False),
+    "S8 R2 k8": (dict(num_segments=8, replicas=2, top_k=8), False),
+    "S8(2 shared) R2 k6": (dict(num_segments=8, replicas=2, top_k=6, num_shared_segments=2), False),
+    "S8 R1 k6": (dict(num_segments=8, replicas=1, top_k=6), False),
+    "S8 R1 k6 calibrated": (dict(num_segments=8, replicas=1, top_k=6), True),
+    "S8 R1 k4": (dict(num_segments=8, replicas=1, top_k=4), False),
+    "S8 R1 k4 calibrated": (dict(num_segments=8, replicas=1, top_k=4), True),
+    "S8(2 shared) R1 k3 calibrated": (dict(num_segments=8, replicas=1, top_k=3, num_shared_segments=2), True),
 }
 
 
@@ -57,10 +64,10 @@ def smollm2_gguf() -> str:
     return str(path)
 
 
-def heldout_blocks(tokenizer, sources, n_blocks: int, seq_len: int) -> torch.Tensor:
+def heldout_blocks(tokenizer, sources, n_blocks: int, seq_len: int, split: str = "heldout") -> torch.Tensor:
     ids: list[int] = []
     sep = tokenizer.eos_token_id
-    for text in load_corpus(sources, split="heldout"):
+    for text in load_corpus(sources, split=split):
         ids.append(sep)
         ids.extend(tokenizer.encode(text, add_special_tokens=False))
         if len(ids) >= n_blocks * seq_len:
@@ -115,15 +122,24 @@ def main() -> None:
         except FileNotFoundError:
             sets["zh"] = ("chatterbot_zh",)
         blocks = {k: heldout_blocks(tokenizer, v, args.blocks, args.seq_len) for k, v in sets.items()}
+        # calibration tokens for the router: the train split, a third from each set
+        calib = torch.cat([heldout_blocks(tokenizer, v, 3, args.seq_len, split="train") for v in sets.values()])
         if args.blocks_file:
-            torch.save({"sets": sets, "blocks": blocks}, args.blocks_file)
+            torch.save({"sets": sets, "blocks": blocks, "calib": calib}, args.blocks_file)
+    if args.blocks_file and Path(args.blocks_file).is_file():
+        calib = torch.load(args.blocks_file)["calib"]
     blocks = {k: b.to(device) for k, b in blocks.items()}
+    calib = calib.to(device)
 
     results = {"dense": {k: perplexity(dense, b) for k, b in blocks.items()}}
     params = {"dense": (sum(p.numel() for p in dense.parameters()), None)}
-    for name, kw in SETTINGS.items():
+    r2s = {}
+    for name, (kw, calibrate) in SETTINGS.items():
         t = time.time()
         moe = upcycle_dense(dense, **kw).to(device).eval()
+        if calibrate:
+            r2 = calibrate_router(moe, dense, calib)
+            r2s[name] = sum(r2.values()) / len(r2)
         results[name] = {k: perplexity(moe, b) for k, b in blocks.items()}
         c = moe.config
         params[name] = (sum(p.numel() for p in moe.parameters()), f"{c.num_experts}x{c.moe_intermediate_size}")
@@ -150,6 +166,7 @@ def main() -> None:
         n, shape = params[name]
         print(f"| {name} | {n / 1e6:.1f}M | {shape or 'dense 1536'} | "
               + " | ".join(f"{r[c]:.3f}" for c in cols) + f" | {r['en'] / results['dense']['en']:.3f} |")
+    print(f"router calibration fit (mean R^2 over layers): {r2s}; calibration tokens: {calib.numel()}")
     print(f"tokens per set: {tokens}; device {device}"
           f"{' (' + torch.cuda.get_device_name() + ')' if device.type == 'cuda' else ''}; total {time.time() - t0:.0f}s")
 

@@ -247,6 +247,62 @@ def upcycle_dense(
     return moe
 
 
+@torch.no_grad()
+def calibrate_router(moe, dense, input_ids_BS: torch.Tensor, ridge: float = 1e-2, temperature: float = 0.05):
+    """Data-driven router init for sparse upcycling (``top_k`` < routed segments).
+
+    A zero router picks arbitrary segments when a token may take only k of S. Here each
+    router is fitted (ridge regression, closed form) so its logits rank the segments by
+    the norm of their output on calibration tokens: logit_j(x) ~ log ||segment_j(x)||
+    (centred per token). The fit is multiplied by ``temperature`` so the k chosen experts
+    keep near-equal weights 1/k (what the expert scaling assumes): the ranking decides
+    which segments a token gets, training can sharpen the weights later.
+
+    Fits replica 0's rows and copies them to every replica (copies then tie; use with
+    ``replicas=1`` for a calibrated start). Returns the R^2 of the fit per layer.
+    """
+    from torch.nn import functional as F
+
+    inputs: dict[int, torch.Tensor] = {}
+    hooks = [
+        layer.mlp.register_forward_hook(lambda mod, args, out, i=i: inputs.__setitem__(i, args[0].detach()))
+        for i, layer in enumerate(dense.model.layers)
+    ]
+    try:
+        dense(input_ids=input_ids_BS.to(next(dense.parameters()).device))
+    finally:
+        for h in hooks:
+            h.remove()
+
+    c = moe.config
+    shared_w = c.num_shared_experts * c.moe_intermediate_size
+    r2 = {}
+    for i, layer in enumerate(moe.model.layers):
+        x_ND = inputs[i].reshape(-1, inputs[i].shape[-1]).float()
+        mlp = dense.model.layers[i].mlp
+        gate_ID, up_ID, down_DI = (w.weight.float() for w in (mlp.gate_proj, mlp.up_proj, mlp.down_proj))
+        h_NI = F.silu(x_ND @ gate_ID.t()) * (x_ND @ up_ID.t())
+        m = c.moe_intermediate_size
+        S = (gate_ID.shape[0] - shared_w) // m
+        norms_NS = torch.stack(
+            [
+                (h_NI[:, shared_w + j * m : shared_w + (j + 1) * m] @ down_DI[:, shared_w + j * m : shared_w + (j + 1) * m].t()).norm(dim=-1)
+                for j in range(S)
+            ],
+            dim=-1,
+        )
+        t_NS = norms_NS.clamp_min(1e-6).log()
+        t_NS = t_NS - t_NS.mean(-1, keepdim=True)
+        D = x_ND.shape[1]
+        gram = x_ND.t() @ x_ND + ridge * x_ND.shape[0] * torch.eye(D, device=x_ND.device)
+        w_DS = torch.linalg.solve(gram, x_ND.t() @ t_NS)
+        resid = t_NS - x_ND @ w_DS
+        r2[i] = float(1 - resid.pow(2).sum() / t_NS.pow(2).sum().clamp_min(1e-12))
+        router = layer.mlp.gate.weight
+        router.copy_((w_DS.t() * temperature).repeat(c.num_experts // S, 1).to(router.dtype))
+    return r2
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description="Upcycle a dense Llama-style checkpoint into the Yi-Lightning MoE.")
     ap.add_argument("dense", help="HF checkpoint folder or .gguf file")

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 import alignment  # noqa: F401  (Auto-class registration for from_pretrained)
 from alignment.model import YiLightningForCausalLM
-from alignment.model.upcycle import upcycle_dense
+from alignment.model.upcycle import calibrate_router, upcycle_dense
 
 
 def tiny_llama(tie: bool = False, seed: int = 0) -> LlamaForCausalLM:
@@ -99,6 +99,20 @@ def test_fewer_experts_per_token_count_each_segment_once():
             layer.mlp.down_proj.weight[:, 24:] = 0  # drop segments 2, 3 (columns 24..47)
         x = torch.randint(0, 97, (2, 9))
         torch.testing.assert_close(moe(input_ids=x).logits, dense(input_ids=x).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_calibrated_router_starts_closer_than_zero_router():
+    # k=2 of 4 segments: a zero router picks by tie-break; the calibrated one by segment output norm
+    dense = tiny_llama()
+    x, calib = torch.randint(0, 97, (4, 32)), torch.randint(0, 97, (8, 32))
+    moe = upcycle_dense(dense, num_segments=4, top_k=2).eval()
+    with torch.no_grad():
+        want = dense(input_ids=x).logits
+        err_zero = (moe(input_ids=x).logits - want).pow(2).mean()
+        r2 = calibrate_router(moe, dense, calib)
+        err_cal = (moe(input_ids=x).logits - want).pow(2).mean()
+    assert set(r2) == {0, 1} and all(0.0 < v <= 1.0 for v in r2.values())
+    assert err_cal < 0.95 * err_zero
 
 
 def test_save_load_and_generate(tmp_path):

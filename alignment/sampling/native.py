@@ -13,8 +13,9 @@ How a batch of prompts is sampled ``n`` times each:
    fed padding until the whole batch is done, and the batch is compacted (finished rows dropped
    from the cache) when at least half of it has finished, so long tails don't pay for dead rows.
    On CUDA (``decode="auto"``/``"static"``) decode steps instead run static_decode.py: the same
-   weights over fixed-shape K/V buffers (ring + sharing kept), captured once per batch in a CUDA
-   graph (``cuda_graphs``), because the model's own step is launch-bound and not capturable.
+   weights over fixed-shape K/V buffers (ring + sharing kept), captured in a CUDA graph
+   (``cuda_graphs``) once per batch and again after each compaction, because the model's own
+   step is launch-bound and not capturable.
 
 Left padding keeps every row's newest token in the same column; positions are per row
 (``cumsum(mask) - 1``), so padding shifts neither RoPE nor the sliding window.
@@ -85,7 +86,7 @@ class NativeSampler:
     """Batched multi-sample generation with one shared prefill per prompt.
 
     ``stats`` counts model calls since construction (``prefill_calls``, ``prefill_tokens``,
-    ``decode_steps``, ``decode_rows``) so tests and the benchmark can see where time goes.
+    ``decode_steps``, ``decode_rows``, ``compactions``) so tests and the benchmark can see where time goes.
     """
 
     def __init__(self, model, tokenizer, cfg: SamplerConfig, device: str = "cpu"):
@@ -96,7 +97,7 @@ class NativeSampler:
         self.eos_ids = eos_token_ids(tokenizer, model)
         pad = tokenizer.pad_token_id
         self.pad_id = int(pad) if pad is not None else min(self.eos_ids)
-        self.stats = dict(prefill_calls=0, prefill_tokens=0, decode_steps=0, decode_rows=0)
+        self.stats = dict(prefill_calls=0, prefill_tokens=0, decode_steps=0, decode_rows=0, compactions=0)
 
     # ------------------------------------------------------------------ model calls
     def _new_cache(self):
@@ -200,16 +201,20 @@ class NativeSampler:
             keep = [j for j, r in enumerate(live) if not ended[r]]
             if not keep or step == params.max_new_tokens - 1:
                 break
+            if len(keep) <= (1 - COMPACT_AT) * len(live):
+                # Drop finished rows; until then they decode tokens whose output is ignored.
+                sel = torch.tensor(keep, device=self.device)
+                if static is not None:
+                    static = static.compact(sel)
+                else:
+                    cache_batch_apply(cache, lambda t: t.index_select(0, sel))
+                    mask = mask[sel]
+                tok, next_pos = tok[sel], next_pos[sel]
+                live = [live[j] for j in keep]
+                self.stats["compactions"] += 1
             if static is not None:
-                # Fixed batch (the graph is captured for it): finished rows decode ignored tokens.
                 logits = static.step(tok, next_pos, L + step)
             else:
-                if len(keep) <= (1 - COMPACT_AT) * len(live):
-                    # Drop finished rows; until then they decode tokens whose output is ignored.
-                    sel = torch.tensor(keep, device=self.device)
-                    cache_batch_apply(cache, lambda t: t.index_select(0, sel))
-                    tok, mask, next_pos = tok[sel], mask[sel], next_pos[sel]
-                    live = [live[j] for j in keep]
                 mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
                 logits = self._forward(tok[:, None], mask, next_pos[:, None], cache)
             next_pos = next_pos + 1

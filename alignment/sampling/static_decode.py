@@ -83,6 +83,18 @@ class StaticDecoder:
                 self.v[o][:, :, :Lp] = values
         self.valid_BL[:, :Lp] = attention_mask_PL.bool().repeat_interleave(n, 0)
 
+    def compact(self, rows_R: torch.Tensor) -> "StaticDecoder":
+        """A decoder for only ``rows_R`` (finished rows dropped): the state is copied into a new,
+        smaller set of buffers; its CUDA graph is captured again on its first step."""
+        new = StaticDecoder(self.model, len(rows_R), self.L, self.use_graph)
+        for o in self.k:
+            new.k[o].copy_(self.k[o].index_select(0, rows_R))
+            new.v[o].copy_(self.v[o].index_select(0, rows_R))
+        for o in self.ring_pos:
+            new.ring_pos[o].copy_(self.ring_pos[o])
+        new.valid_BL.copy_(self.valid_BL.index_select(0, rows_R))
+        return new
+
     # ------------------------------------------------------------------ the step
     def _moe(self, moe, x_TD: torch.Tensor) -> torch.Tensor:
         _, _, idx_TK, w_TK = moe.route(x_TD)

@@ -155,3 +155,20 @@ def test_filter_logits_top_k_top_p():
     assert keep(filter_logits(logits, 1.0, top_k=0, top_p=0.5)) == [True, False, False, False]
     assert keep(filter_logits(logits, 1.0, top_k=0, top_p=0.81)) == [True, True, True, False]
     assert keep(filter_logits(logits, 1.0, top_k=0, top_p=1.0)) == [True] * 4
+
+
+@pytest.mark.parametrize("decode", DECODE)
+def test_finished_rows_are_dropped_and_the_rest_decode_unchanged(model, tokenizer, greedy_refs, decode):
+    # An EOS id that prompt 0's greedy continuation hits early and prompt 1's never does: prompt 0's
+    # rows end, the batch is compacted, and prompt 1's rows must still follow the full-forward greedy.
+    (ref0, _), (ref1, _) = greedy_refs[0], greedy_refs[1]
+    eos = next(t for t in ref0[1:] if t not in ref1)
+    model.generation_config.eos_token_id = eos
+    try:
+        sampler = build_sampler({"backend": "native", "decode": decode}, model, tokenizer)
+        groups = sampler.generate(PROMPTS[:2], n=2, params=SamplingParams(max_new_tokens=STEPS, temperature=0))
+    finally:
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+    assert sampler.stats["compactions"] == 1
+    assert all(s.token_ids == ref0[: ref0.index(eos) + 1] and s.finish_reason == "stop" for s in groups[0])
+    assert all(s.token_ids == ref1 and s.finish_reason == "length" for s in groups[1])

@@ -4,7 +4,7 @@ Run as (Hydra; recipes live in recipes/synth/):
 
     yialign-synth                                            # recipes/synth/dry_run.yaml: no model needed
     yialign-synth --config-name math_mcts job.inputs.policy=runs/tiny_cpu/sft_broad/model
-    yialign-synth --config-name code_dfs job.workers=4 out_dir=data/synth/code
+    yialign-synth --config-name code_dfs job.workers=4 out_dir=runs/synth/code
     yialign-synth --config-name eval_checkpoint job.inputs.policy=runs/tiny_cpu/sft_hard/model
     python -m synth ...                                      # the same without the console script
 

@@ -76,6 +76,7 @@ class SandboxResult:
     stdout: str
     stderr: str
     wall_s: float
+    isolation: str = ""  # what the harness obtained, e.g. "net,paths,pid,tmp" ("" = rlimits only)
 
 
 # --------------------------------------------------------------------------- extraction
@@ -277,8 +278,10 @@ class Sandbox:
             if rc != 0 and not stderr.strip():
                 # died before the candidate ran and without a word: the interpreter itself failed
                 return SandboxResult(False, "infra", rc, stdout, f"harness died (rc={rc}) before running the candidate", wall)
-        passed = rc == 0 and status == b"R" + b"P" + nonce.encode()
-        return SandboxResult(passed, "ok" if passed else "fail", rc, stdout, stderr, wall)
+        head, _, rest = status.partition(b";")
+        isolation = head[1:].decode(errors="replace")
+        passed = rc == 0 and status.startswith(b"R") and rest == b"P" + nonce.encode()
+        return SandboxResult(passed, "ok" if passed else "fail", rc, stdout, stderr, wall, isolation)
 
     @staticmethod
     def _kill_group(proc: subprocess.Popen) -> None:
@@ -337,11 +340,12 @@ class CodeVerifier:
     def __init__(self, timeout_s: float = 5.0, **sandbox_kwargs: Any):
         sandbox_kwargs.setdefault("cpu_s", max(1, int(timeout_s)))
         self.sandbox = Sandbox(timeout_s=timeout_s, **sandbox_kwargs)
+        self.last_isolation = ""
 
     @property
     def isolation(self) -> str:
-        s = self.sandbox
-        return "namespaces+uid" if (s.isolate and s.is_root) else "rlimits-only"
+        """What the last sandbox run obtained (``net,paths,pid,tmp`` = full; ``rlimits-only`` = none)."""
+        return self.last_isolation or "rlimits-only"
 
     def verify(self, problem: Any, response: str) -> Verdict:
         if not problem.tests or not problem.entry_point:
@@ -360,6 +364,8 @@ class CodeVerifier:
         return self.verdict_from(self.sandbox.run(code, problem.tests, problem.entry_point))
 
     def verdict_from(self, res: SandboxResult) -> Verdict:
+        if res.isolation:
+            self.last_isolation = res.isolation
         if res.status == "infra":
             return Verdict(False, 0.0, f"sandbox fault: {res.stderr.strip()[:200]}", error_kind="infra")
         if res.passed:

@@ -6,7 +6,8 @@ Not imported by the package: ``synth.verify.code`` runs it as a script,
 
 It sets up isolation, then runs ``solution.py`` and ``test.py`` from its working directory
 and calls ``check(<entry_point>)``. Protocol on the status pipe (fd given in the config):
-``R`` once isolation is in place (the candidate is about to run), then ``P<nonce>`` only
+``R<isolation>;`` once isolation is in place (the candidate is about to run; ``<isolation>``
+lists what was obtained, e.g. ``net,paths,pid,tmp``), then ``P<nonce>`` only
 if ``check`` returned normally. A process that exits early (``sys.exit``, ``os._exit``,
 a signal) never writes ``P<nonce>``, so it cannot pass. Exit code 3 with a line starting
 ``HARNESS_SETUP_ERROR`` on stderr means the harness could not set up (an infra fault).
@@ -120,7 +121,7 @@ def _run_candidate(cfg, status_fd):
         solution = f.read()
     with open("test.py", encoding="utf-8") as f:
         tests = f.read()
-    os.write(status_fd, b"R")
+    os.write(status_fd, b"R" + ",".join(sorted(cfg["_got"])).encode() + b";")
     ns = {"__name__": "__candidate__", "__builtins__": __builtins__}
     try:
         exec(compile(solution, "solution.py", "exec"), ns)

@@ -219,5 +219,9 @@ def test_humaneval_canonical_pass_and_mutants_fail(verifier):
 
 
 def test_isolation_is_reported():
-    assert CodeVerifier().isolation == ("namespaces+uid" if ROOT else "rlimits-only")
+    v = CodeVerifier(timeout_s=2.0)
+    assert v.verify(problem(), "def f(x):\n    return 2 * x").passed
+    assert v.isolation == ("net,paths,pid,tmp" if ROOT else "rlimits-only")
+    off = CodeVerifier(timeout_s=2.0, isolate=False)
+    assert off.verify(problem(), "def f(x):\n    return 2 * x").passed and off.isolation == "rlimits-only"
     assert Sandbox(isolate=False)._next_uid() is None

@@ -22,6 +22,7 @@ but never run: vLLM cannot be installed on these machines.
 
 from __future__ import annotations
 
+import atexit
 import multiprocessing as mp
 import os
 from pathlib import Path
@@ -129,14 +130,21 @@ class VLLMSampler:
         if cfg.data_parallel_size == 1:
             self.llm = vllm.LLM(**_llm_kwargs(cfg, path))
         else:
-            tp = cfg.tensor_parallel_size
+            tp, dp = cfg.tensor_parallel_size, cfg.data_parallel_size
+            # Replica r takes GPUs r*tp .. r*tp+tp-1 of the ones this process may use.
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+            gpus = visible.split(",") if visible else [str(i) for i in range(tp * dp)]
+            if len(gpus) < tp * dp:
+                raise ValueError(f"sampler: data_parallel_size {dp} x tensor_parallel_size {tp} needs {tp * dp} GPUs, "
+                                 f"CUDA_VISIBLE_DEVICES gives {len(gpus)}")
             ctx = mp.get_context("spawn")  # CUDA cannot be re-initialised in a forked child
-            for r in range(cfg.data_parallel_size):
+            for r in range(dp):
                 parent, child = ctx.Pipe()
-                gpus = ",".join(str(g) for g in range(r * tp, (r + 1) * tp))
-                proc = ctx.Process(target=_replica_main, args=(child, cfg, path, gpus), daemon=True)
+                # Not a daemon: vLLM starts its own engine process, which a daemon may not do.
+                proc = ctx.Process(target=_replica_main, args=(child, cfg, path, ",".join(gpus[r * tp : (r + 1) * tp])))
                 proc.start()
                 self.replicas.append((proc, parent))
+            atexit.register(self.close)
             for _, conn in self.replicas:
                 conn.recv()  # wait until every replica has loaded
 

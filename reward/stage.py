@@ -153,9 +153,11 @@ def run(cfg: RewardStageConfig, ctx: StageContext) -> StageResult:
     scorer = RewardScorer(model, tokenizer, device, max_length=cfg.train.max_length)
     report_tmp = ctx.tmp_dir("report")
     if held:
-        metrics["pairwise_acc"] = scorer.pairwise_accuracy(held)[0]
+        # the report scores every held-out pair once; its pairwise accuracy is the stage's metric
         summary = run_inspection(scorer, load_candidates(Path(ctx.stage_dir / pairs_out / "heldout.jsonl")),
                                  report_tmp, title=f"{ctx.name}: held-out pairs", max_table_prompts=cfg.inspect_max_prompts)
+        metrics["pairwise_acc"] = summary["pairwise_acc"]
+        metrics["heldout_mean_margin"] = summary["mean_margin"]
         metrics["length_spearman"] = summary["length_spearman"]
     else:
         atomic_write_text(report_tmp / "README.txt", "no held-out pairs (eval_fraction=0): nothing to inspect\n")
@@ -165,4 +167,6 @@ def run(cfg: RewardStageConfig, ctx: StageContext) -> StageResult:
     tokenizer.save_pretrained(model_tmp)
     model_out = ctx.publish(model_tmp, "model")
     metrics["wall_s"] = round(time.time() - t0, 2)
+    # NaN (e.g. a length correlation over equal lengths) is not valid JSON in the manifest
+    metrics = {k: (None if isinstance(v, float) and v != v else v) for k, v in metrics.items()}
     return StageResult(outputs={"model": model_out, "report": report_out, "pairs": pairs_out}, metrics=metrics)

@@ -123,8 +123,8 @@ class TrainSpec:
         logging_steps (`int`, *optional*, defaults to `10`).
         save_steps (`int`, *optional*, defaults to `500`): trainer checkpoint interval (resume points).
         save_total_limit (`int`, *optional*, defaults to `2`).
-        eval_steps (`int`, *optional*, defaults to `0`): held-out evaluation interval during training; 0 = only
-            at the end of each phase.
+        eval_steps (`int`, *optional*, defaults to `0`): TRL held-out evaluation interval during training; 0 = only
+            at the end of each phase; -1 = never (the stage still measures held-out accuracy at the end).
         seed (`int`, *optional*, defaults to `0`).
     """
 
@@ -231,6 +231,12 @@ def train_phase(model, tokenizer, train_pairs: list[dict], eval_pairs: list[dict
     on_cpu = device == "cpu"
     train_ds = tokenize_pairs(tokenizer, train_pairs, phase.use_margin)
     eval_ds = tokenize_pairs(tokenizer, eval_pairs, phase.use_margin) if eval_pairs else None
+    # TRL drops pairs with a side over max_length; fail here, by name, rather than inside the trainer
+    fits = sum(max(len(c), len(r)) <= spec.max_length for c, r in zip(train_ds["chosen_ids"], train_ds["rejected_ids"]))
+    if fits == 0:
+        need = min(max(len(c), len(r)) for c, r in zip(train_ds["chosen_ids"], train_ds["rejected_ids"]))
+        raise ValueError(f"{phase_dir.name}: every training pair is longer than max_length={spec.max_length} "
+                         f"tokens (the shortest needs {need}); raise train.max_length")
     args = RewardConfig(
         output_dir=str(phase_dir),
         max_steps=phase.max_steps,
@@ -261,8 +267,8 @@ def train_phase(model, tokenizer, train_pairs: list[dict], eval_pairs: list[dict
     last = get_last_checkpoint(str(phase_dir)) if phase_dir.is_dir() else None
     out = trainer.train(resume_from_checkpoint=last)
     metrics = {"train_loss": float(out.training_loss), "steps": int(out.global_step),
-               "train_pairs": len(train_ds)}
-    if eval_ds is not None:
+               "train_pairs": fits, "dropped_long_pairs": len(train_ds) - fits}
+    if eval_ds is not None and spec.eval_steps >= 0:
         ev = trainer.evaluate()
         metrics.update({"eval_accuracy": float(ev["eval_accuracy"]), "eval_loss": float(ev["eval_loss"])})
     model = trainer.model

@@ -23,10 +23,16 @@ every worker in place (the pattern of vLLM's examples/offline_inference/rlhf_uti
 restarting the engine between online-DPO rounds.
 
 Not verified here (vLLM cannot be installed on these machines): that vLLM's Transformers backend
-runs this model end to end. Known gaps even if it does: vLLM gives each layer its own KV cache
-(our cross-layer KV sharing is not used: a sharing layer would need its own K/V, which the
-shared-KV layers do not compute), and the ring-buffer cache is replaced by vLLM's paged
-sliding-window attention.
+runs this model end to end. Read from vLLM's source (vllm/model_executor/models/transformers/):
+the backend builds the model with ``AutoModel.from_config`` (our registration above), sets
+``config._attn_implementation = "vllm"`` and calls the model with an ``attention_instances=``
+keyword that its attention function looks up by ``module.layer_idx``. Known gaps:
+- modeling.py does not yet pass ``**kwargs`` from ``YiLightningModel.forward`` down to the
+  attention call, so ``attention_instances`` never arrives (model area: thread the kwargs);
+- vLLM keeps one KV cache per layer: a KV-sharing layer hands its owner's K/V to its own vLLM
+  attention instance, which is correct but stores them twice (no sharing saving), and the ring
+  buffers are replaced by vLLM's paged sliding-window attention;
+- the MoE aux losses / routing stats are still computed in every forward (wasted, not wrong).
 """
 
 from __future__ import annotations

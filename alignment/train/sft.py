@@ -30,6 +30,7 @@ JSONL), ``card`` (its data card). Checkpoints go to ``ctx.checkpoint_dir``; a re
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import time
 from collections import defaultdict
@@ -51,6 +52,7 @@ from alignment.stage import StageContext, StageResult
 from alignment.train.losses import per_sample_mean, sample_ids_from_position_ids, token_logprobs
 
 LOSS_WEIGHTINGS = ("sample", "token")
+REPORT_TO = ("none", "tensorboard", "wandb")
 
 
 @dataclass
@@ -117,7 +119,9 @@ class SFTStageConfig:
         logging_steps (`int`, *optional*, defaults to `10`): log every n steps.
         save_steps (`int`, *optional*, defaults to `500`): checkpoint every n steps.
         save_total_limit (`int`, *optional*, defaults to `2`): checkpoints kept.
-        report_to (`str`, *optional*, defaults to `"none"`): ``none``, ``tensorboard`` or ``wandb``.
+        report_to (`str`, *optional*, defaults to `"none"`): ``none``, ``tensorboard`` or ``wandb``
+            (the package must be installed; TensorBoard event files go to
+            ``<stage>/checkpoints/runs/`` unless ``TENSORBOARD_LOGGING_DIR`` is set).
         lora (`LoraSpec`, *optional*): LoRA option.
         sft_args (`dict`, *optional*, defaults to `{}`): further ``trl.SFTConfig`` fields, verbatim.
     """
@@ -320,6 +324,11 @@ def run(cfg: SFTStageConfig, ctx: StageContext) -> StageResult:
     cfg = _to_spec(cfg)
     if cfg.loss_impl not in ("auto", "logits", "fused"):
         raise ValueError(f"loss_impl must be auto, logits or fused, got {cfg.loss_impl!r}")
+    if cfg.report_to not in REPORT_TO:
+        raise ValueError(f"report_to must be one of {REPORT_TO}, got {cfg.report_to!r}")
+    if cfg.report_to != "none" and importlib.util.find_spec(cfg.report_to) is None:
+        # Fail before hours of data preparation, not at the first log line.
+        raise ImportError(f"report_to={cfg.report_to!r} needs the '{cfg.report_to}' package: pip install {cfg.report_to}")
     device = ctx.device if ctx.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     policy_path = str(ctx.input("policy", "model"))
     model, tokenizer = _build_model(policy_path, cfg, device)
@@ -362,7 +371,7 @@ def run(cfg: SFTStageConfig, ctx: StageContext) -> StageResult:
 
     train_ds = datasets.Dataset.from_list([{"messages": r["messages"]} for r in data.records])
     on_cuda = device.startswith("cuda")
-    args = SFTConfig(
+    sft_kwargs = dict(
         output_dir=str(ctx.checkpoint_dir),
         max_length=cfg.max_length,
         packing=cfg.packing,
@@ -387,8 +396,9 @@ def run(cfg: SFTStageConfig, ctx: StageContext) -> StageResult:
         seed=ctx.seed,
         # The mixture is already shuffled by seed; TRL's shuffle would be a second, separate seed.
         shuffle_dataset=False,
-        **dict(cfg.sft_args),
     )
+    sft_kwargs.update(cfg.sft_args)  # recipe passthrough wins over the derived values
+    args = SFTConfig(**sft_kwargs)
     trainer = MoESFTTrainer(
         model=model, args=args, train_dataset=train_ds, processing_class=tokenizer,
         peft_config=_peft_config(cfg.lora), loss_weighting=cfg.loss_weighting,

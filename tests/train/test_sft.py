@@ -151,3 +151,28 @@ def test_sft_broad_then_sft_hard_train_and_publish(tmp_path, tiny_model, tiny_to
     cfg2.max_steps = 7
     r3 = sft.run(cfg2, ctx2)
     assert r3.metrics["resumed_from"].endswith("checkpoint-6") and r3.metrics["steps"] == 7
+
+
+def test_lora_trains_adapters_only_and_merges(tiny_model, tiny_tokenizer, tmp_path):
+    import datasets
+    from trl import SFTConfig
+
+    before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    flags = (tiny_model.config.output_router_logits, tiny_model.config.router_aux_loss_coef)
+    ds = datasets.Dataset.from_list([{"messages": m} for m in CHATS] * 2)
+    args = SFTConfig(output_dir=str(tmp_path), max_length=64, packing=True, assistant_only_loss=True, max_steps=2,
+                     per_device_train_batch_size=2, learning_rate=1e-2, use_cpu=True, bf16=False, gradient_checkpointing=False,
+                     report_to=[], save_strategy="no")
+    lora = sft.LoraSpec(enabled=True, r=4, dropout=0.0, target_parameters=["experts.gate_up_proj", "experts.down_proj"])
+    trainer = sft.MoESFTTrainer(model=tiny_model, args=args, train_dataset=ds, processing_class=tiny_tokenizer, peft_config=sft._peft_config(lora))
+    trainable = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert any("experts" in n for n in trainable)  # routed experts adapted through target_parameters
+    trainer.train()
+    merged = trainer.model.merge_and_unload()
+    after = merged.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in ("model.layers.1.self_attn.q_proj.weight", "model.layers.1.mlp.experts.down_proj"))
+    # TRL's own aux-loss switches were put back: the saved config is the loaded one.
+    assert (merged.config.output_router_logits, merged.config.router_aux_loss_coef) == flags
+    with pytest.raises(ValueError, match="dropout"):
+        sft._peft_config(sft.LoraSpec(enabled=True, target_parameters=["experts.down_proj"]))

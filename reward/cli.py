@@ -89,7 +89,8 @@ def _sampled_candidates(args) -> list[dict]:
         raise SystemExit(f"--sampler: no sampler recipe {yaml_path}")
     sampler = build_sampler(OmegaConf.load(yaml_path), args.policy, device=args.device)
     params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
-    return sample_candidates(sampler, prompts, args.n, params, problems=problems, source=Path(args.policy).name)
+    return sample_candidates(sampler, prompts, args.n, params, problems=problems,
+                              source=f"{Path(args.policy).parent.name}/{Path(args.policy).name}")
 
 
 def inspect_command(args) -> dict:

@@ -121,6 +121,28 @@ def test_cli_inspect_on_trained_rm(cli_report, capsys):
     assert (root / "out" / "report.html").stat().st_size > 20_000
 
 
+def test_cli_samples_candidates_and_runs_verifiers(cli_report, tiny_tokenizer, tmp_path):
+    """--problems + --policy: the native sampler draws n candidates per problem, synth's verifier judges them."""
+    import torch
+
+    from alignment.model import YiLightningForCausalLM
+    from tests.fixtures_model import build_tiny_config
+
+    root, _ = cli_report
+    torch.manual_seed(0)
+    policy = tmp_path / "sft_hard" / "model"
+    YiLightningForCausalLM(build_tiny_config(num_hidden_layers=2)).save_pretrained(policy)
+    tiny_tokenizer.save_pretrained(policy)
+    rc = main(["inspect", "--model", str(root / "rm"), "--policy", str(policy), "--problems", "templates:heldout",
+               "--limit", "2", "--n", "3", "--max-new-tokens", "8", "--out", str(tmp_path / "out")])
+    assert rc == 0
+    rows = [json.loads(l) for l in (tmp_path / "out" / "scores.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and {r["source"] for r in rows} == {"sft_hard/model"}
+    assert all(isinstance(r["passed"], bool) and r["detail"] for r in rows), "every sample carries a verdict"
+    assert sorted(r["rank"] for r in rows) == [1, 1, 2, 2, 3, 3]
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["judged_prompts"] == 2
+
+
 def test_cli_bad_input_is_one_clear_line(tmp_path, capsys):
     rc = main(["inspect", "--model", str(tmp_path / "nope"), "--candidates", str(tmp_path / "missing.jsonl")])
     assert rc == 2

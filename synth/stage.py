@@ -15,10 +15,12 @@ the policy built by ``alignment.sampling.build_sampler`` and the verifier of its
 write its result to ``<stage_dir>/.synth-work/<index>.json`` (atomic) -> when all are done,
 write ``sft.jsonl``, ``pairs.jsonl``, ``process.jsonl`` (+ ``trees.jsonl`` if asked) and a
 data card per file. Problems already in the work folder are not redone (resume); the work
-folder is discarded when the config changes. ``workers > 1`` runs problems in spawned
-worker processes, each with its own sampler; a tqdm bar counts finished problems. Every
-problem's search is seeded from (seed, problem id), so the same seed and config give
-byte-identical files whatever the number of workers.
+folder is discarded when the config changes. Problems are searched in fixed groups of
+``batch_problems`` whose sampler calls are merged into batched ones (lockstep.py);
+``workers > 1`` runs groups in spawned worker processes, each with its own sampler; a tqdm
+bar counts finished problems. Every search is seeded from (seed, problem id) and groups are
+fixed by index, so the same seed and config give byte-identical files whatever the number
+of workers.
 """
 
 from __future__ import annotations
@@ -74,6 +76,9 @@ class SynthConfig:
         reference_p_correct (`float`, *optional*, defaults to `0.7`): step accuracy of the reference policy.
         seed (`int`, *optional*, defaults to `0`): search seed.
         workers (`int`, *optional*, defaults to `1`): worker processes (each loads its own sampler).
+        batch_problems (`int`, *optional*, defaults to `8`): problems a worker searches in lockstep,
+            merging their sampler calls into batched ones (synth/search/lockstep.py). Part of the
+            config identity: results depend on how problems are grouped, not on ``workers``.
         max_sft_per_problem (`int`, *optional*, defaults to `4`): distinct verified responses kept per problem.
         min_pair_gap (`float`, *optional*, defaults to `0.5`): smallest best-worst score gap for a pair.
         code_timeout_s (`float`, *optional*, defaults to `5.0`): sandbox wall limit per code verdict.
@@ -91,6 +96,7 @@ class SynthConfig:
     reference_p_correct: float = 0.7
     seed: int = 0
     workers: int = 1
+    batch_problems: int = 8
     max_sft_per_problem: int = 4
     min_pair_gap: float = 0.5
     code_timeout_s: float = 5.0
@@ -165,24 +171,31 @@ def _init_worker(policy: PolicySpec, search: SearchConfig, seed: int, code_timeo
                    verifiers={"math": get_verifier("math"), "code": get_verifier("code", timeout_s=code_timeout_s)})
 
 
-def _solve(job: tuple[int, dict]) -> tuple[int, bool, float]:
-    """Search one problem and write its result file; returns (index, solved, wall seconds)."""
+def _solve(group: list[tuple[int, dict]]) -> list[tuple[int, bool, float]]:
+    """Search one group of problems in lockstep (batched sampler calls) and write each result
+    file; returns (index, solved, wall seconds) per problem."""
     from synth.search import search
+    from synth.search.lockstep import search_many
 
-    index, pdict = job
-    problem = Problem.from_dict(pdict)
     w = _WORKER
-    res = search(problem, w["sampler"], w["verifiers"][problem.kind], w["search"], seed=derive_seed(w["seed"], problem.id), render=w["render"])
-    stats = {k: v for k, v in res.stats.items() if k != "wall_s"}  # wall time would break byte-identity
-    result = {
-        "index": index, "problem_id": problem.id, "source": problem.source, "kind": problem.kind,
-        "user": user_message(problem),
-        "candidates": [asdict(c) for c in res.candidates],
-        "tree": res.root.to_dict(),
-        "stats": stats,
-    }
-    atomic_write_json(w["work"] / f"{index:06d}.json", result, indent=None)
-    return index, bool(stats["solved"]), res.stats["wall_s"]
+    problems = [Problem.from_dict(pdict) for _, pdict in group]
+
+    def run_one(problem: Problem, sampler):
+        return search(problem, sampler, w["verifiers"][problem.kind], w["search"], seed=derive_seed(w["seed"], problem.id), render=w["render"])
+
+    out = []
+    for (index, _), problem, res in zip(group, problems, search_many(problems, w["sampler"], run_one)):
+        stats = {k: v for k, v in res.stats.items() if k != "wall_s"}  # wall time would break byte-identity
+        result = {
+            "index": index, "problem_id": problem.id, "source": problem.source, "kind": problem.kind,
+            "user": user_message(problem),
+            "candidates": [asdict(c) for c in res.candidates],
+            "tree": res.root.to_dict(),
+            "stats": stats,
+        }
+        atomic_write_json(w["work"] / f"{index:06d}.json", result, indent=None)
+        out.append((index, bool(stats["solved"]), res.stats["wall_s"]))
+    return out
 
 
 # --------------------------------------------------------------------------- driver
@@ -216,30 +229,35 @@ def generate(problems: list[Problem], policy: PolicySpec, cfg: SynthConfig, out_
     identity = {
         "generator": GENERATOR_VERSION, "search": asdict(search_cfg), "seed": cfg.seed, "policy": policy.kind,
         "model": policy.model_path, "p_correct": policy.p_correct if policy.kind == "reference" else None,
-        "code_timeout_s": cfg.code_timeout_s, "problems": [p.id for p in problems],
+        "code_timeout_s": cfg.code_timeout_s, "batch_problems": cfg.batch_problems, "problems": [p.id for p in problems],
     }
     work = out_dir / WORK_DIR
     done = _prepare_work_dir(work, config_hash(identity))
-    todo = [(i, p.to_dict()) for i, p in enumerate(problems) if i not in done]
+    # groups are fixed by index (lockstep batching makes results depend on the group), and a
+    # group is redone whole unless every member finished
+    size = max(1, cfg.batch_problems)
+    groups = [list(range(g, min(g + size, len(problems)))) for g in range(0, len(problems), size)]
+    todo = [[(i, problems[i].to_dict()) for i in g] for g in groups if not all(i in done for i in g)]
+    n_todo = sum(len(g) for g in todo)
     init_args = (policy, search_cfg, cfg.seed, cfg.code_timeout_s, str(work), cfg.write_trees)
     t0 = time.monotonic()
     walls: list[float] = []
-    bar = tqdm(total=len(problems), initial=len(problems) - len(todo), desc="synth", unit="problem", disable=not progress)
+    bar = tqdm(total=len(problems), initial=len(problems) - n_todo, desc="synth", unit="problem", disable=not progress)
     if todo and cfg.workers > 1:
         # spawn by default: fork after torch/threads is unsafe. ProcessPoolExecutor (not mp.Pool) so a
         # worker that fails to start raises BrokenProcessPool instead of being respawned forever
         with ProcessPoolExecutor(cfg.workers, mp_context=mp.get_context(cfg.start_method), initializer=_init_worker,
                                  initargs=(*init_args, 1)) as pool:
-            for fut in as_completed([pool.submit(_solve, job) for job in todo]):
-                _, solved, wall = fut.result()
-                walls.append(wall)
-                bar.update(1)
+            for fut in as_completed([pool.submit(_solve, group) for group in todo]):
+                for _, solved, wall in fut.result():
+                    walls.append(wall)
+                    bar.update(1)
     elif todo:
         _init_worker(*init_args, 0)
-        for job in todo:
-            _, solved, wall = _solve(job)
-            walls.append(wall)
-            bar.update(1)
+        for group in todo:
+            for _, solved, wall in _solve(group):
+                walls.append(wall)
+                bar.update(1)
     bar.close()
     elapsed = time.monotonic() - t0
 
@@ -252,7 +270,7 @@ def generate(problems: list[Problem], policy: PolicySpec, cfg: SynthConfig, out_
         data["trees"] = [{"problem_id": r["problem_id"], "tree": r["tree"]} for r in results]
     summary = summarize(results)
     card_config = {"search": asdict(search_cfg), "problems": [asdict(s) if isinstance(s, ProblemSpec) else dict(s) for s in cfg.problems],
-                   "policy": policy.kind, "seed": cfg.seed, "max_sft_per_problem": cfg.max_sft_per_problem,
+                   "policy": policy.kind, "seed": cfg.seed, "batch_problems": cfg.batch_problems, "max_sft_per_problem": cfg.max_sft_per_problem,
                    "min_pair_gap": cfg.min_pair_gap, "code_timeout_s": cfg.code_timeout_s}
     from synth.verify.code import CodeVerifier
     from synth.verify.math import MathVerifier
@@ -269,7 +287,7 @@ def generate(problems: list[Problem], policy: PolicySpec, cfg: SynthConfig, out_
         "problems": summary["problems"], "solved": summary["solved"], "solve_rate": summary["solve_rate"],
         "response_pass_rate": summary["response_pass_rate"], "infra_faults": summary["infra_faults"],
         "sft_records": len(data["sft"]), "pairs": len(data["pairs"]), "process_rows": len(data["process"]),
-        "tokens": summary["tokens"], "resumed_problems": len(problems) - len(todo),
+        "tokens": summary["tokens"], "resumed_problems": len(problems) - n_todo,
         "problems_per_min": round(60 * len(walls) / elapsed, 3) if walls and elapsed > 0 else 0.0,
     }
     return outputs, metrics

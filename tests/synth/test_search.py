@@ -149,3 +149,25 @@ def test_code_search_uses_the_sandbox():
     res = mcts_search(ps[0], ScriptedSampler(ps, p_correct=0.6), get_verifier("code"), SearchConfig(num_children=2, num_simulations=2), seed=0)
     check_statistics(res.root)
     assert any(c.passed for c in res.candidates) and res.root.visits > 0
+
+
+def test_lockstep_batches_calls_and_keeps_results_fixed(problems):
+    from synth.search.lockstep import search_many
+
+    class Counting(ScriptedSampler):
+        def generate(self, prompts, n, params):
+            self.sizes = getattr(self, "sizes", []) + [len(prompts)]
+            return super().generate(prompts, n, params)
+
+    cfg = SearchConfig(num_children=2, num_simulations=4)
+
+    def run(sampler):
+        return search_many(problems, sampler, lambda p, s: mcts_search(p, s, MATH, cfg, seed=1))
+
+    a_sampler, b_sampler = Counting(problems, p_correct=0.7), Counting(problems, p_correct=0.7)
+    a, b = run(a_sampler), run(b_sampler)
+    assert [r.root.to_dict() for r in a] == [r.root.to_dict() for r in b]  # thread scheduling does not matter
+    assert max(a_sampler.sizes) > 1  # calls of different problems were merged
+    assert len(a_sampler.sizes) < sum(r.stats["sampler_calls"] for r in a)
+    for r in a:
+        check_statistics(r.root)

@@ -16,7 +16,7 @@ SEARCH = SearchConfig(num_children=3, num_simulations=6)
 
 
 def make_cfg(**kw):
-    base = dict(problems=[ProblemSpec("templates", 6), ProblemSpec("gsm_symbolic", 3)], search=SEARCH, policy="reference")
+    base = dict(problems=[ProblemSpec("templates", 6), ProblemSpec("gsm_symbolic", 3)], search=SEARCH, policy="reference", batch_problems=3)
     return SynthConfig(**{**base, **kw})
 
 
@@ -64,7 +64,7 @@ def test_resume_skips_finished_problems_and_config_change_restarts(tmp_path):
     run(make_cfg(), make_ctx(out))
     full = digests(out)
     work = out / ".synth-work"
-    for f in sorted(work.glob("00000[3-8].json")):  # "interrupted" after 3 problems
+    for f in sorted(work.glob("00000[3-8].json")):  # "interrupted" after 3 problems (one finished group of 3)
         f.unlink()
     res = run(make_cfg(), make_ctx(out))
     assert res.metrics["resumed_problems"] == 3
@@ -74,9 +74,9 @@ def test_resume_skips_finished_problems_and_config_change_restarts(tmp_path):
 
 
 def test_workers_give_the_same_bytes(tmp_path):
-    run(make_cfg(problems=[ProblemSpec("templates", 4)]), make_ctx(tmp_path / "one"))
+    run(make_cfg(problems=[ProblemSpec("templates", 4)], batch_problems=2), make_ctx(tmp_path / "one"))
     # fork: spawn would re-import torch/transformers in each worker (~7 s each on 2 cores)
-    run(make_cfg(problems=[ProblemSpec("templates", 4)], workers=2, start_method="fork"), make_ctx(tmp_path / "two"))
+    run(make_cfg(problems=[ProblemSpec("templates", 4)], batch_problems=2, workers=2, start_method="fork"), make_ctx(tmp_path / "two"))
     assert digests(tmp_path / "one") == digests(tmp_path / "two")
 
 
@@ -113,11 +113,11 @@ def tiny_checkpoint(tmp_path, tiny_model, tiny_tokenizer):
 def test_stage_with_the_tiny_model_as_policy(tmp_path, tiny_checkpoint):
     pytest.importorskip("alignment.sampling.build")
     cfg = make_cfg(
-        problems=[ProblemSpec("templates", 1)], policy="checkpoint", sampler={"backend": "native"},
+        problems=[ProblemSpec("templates", 2)], policy="checkpoint", sampler={"backend": "native"}, batch_problems=2,
         search=SearchConfig(num_children=2, num_simulations=1, step_tokens=8, rollout_tokens=16),
     )
     ctx = make_ctx(tmp_path / "synth", {"policy": InputArtifact("policy", tiny_checkpoint, {"model": tiny_checkpoint}, {})})
     res = run(cfg, ctx)
-    assert res.metrics["problems"] == 1 and res.metrics["tokens"] > 0
+    assert res.metrics["problems"] == 2 and res.metrics["tokens"] > 0
     rows = [json.loads(x) for x in (tmp_path / "synth" / "process.jsonl").read_text().splitlines()]
     assert rows and all(len(r["steps"]) == len(r["visits"]) for r in rows)  # the random model's steps were searched

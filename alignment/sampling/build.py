@@ -43,7 +43,8 @@ def build_sampler(
         cfg (`SamplerConfig | dict | DictConfig | None`): the ``sampler`` recipe block; None = defaults.
         model_path_or_model (`str | PathLike | PreTrainedModel`): checkpoint folder or model object.
         tokenizer (`PreTrainedTokenizerBase`, *optional*): defaults to the checkpoint's tokenizer.
-        device (`str`, *optional*, defaults to `"cpu"`): where native/hf run; ``cfg.device`` overrides it.
+        device (`str`, *optional*, defaults to `"cpu"`): where native/hf load a checkpoint and run;
+            ``cfg.device`` overrides it; a model object runs on its own device.
     """
     cfg = SamplerConfig.from_any(cfg)
     device = cfg.device or device
@@ -57,6 +58,8 @@ def build_sampler(
         model = model_path_or_model
         if tokenizer is None:
             raise ValueError("build_sampler: pass tokenizer= when giving a model object instead of a checkpoint path")
+        # A model object is sampled where it lives (moving a caller's model would be a surprise).
+        device = str(next(model.parameters()).device)
     if cfg.backend == "hf":
         from alignment.sampling.hf import HFSampler
 

@@ -52,7 +52,7 @@ class HFSampler:
     """Sampler over any ``transformers`` causal LM through ``generate``."""
 
     def __init__(self, model, tokenizer, cfg: SamplerConfig, device: str = "cpu"):
-        self.model = model.eval()
+        self.model = model
         self.tokenizer = tokenizer
         self.cfg = cfg
         self.device = torch.device(device)
@@ -67,7 +67,7 @@ class HFSampler:
 
         if isinstance(checkpoint, (str, os.PathLike)):
             checkpoint, _ = load_model_and_tokenizer(checkpoint, self.tokenizer, self.cfg, str(self.device))
-        self.model = checkpoint.eval()
+        self.model = checkpoint
 
     # no_grad, not inference_mode: inference tensors have no version counter, which the GPU
     # attention kernel's block-mask cache reads (alignment/kernels/attention.py).
@@ -78,6 +78,15 @@ class HFSampler:
         detector = StopDetector(self.tokenizer, params.stop, self.eos_ids)
         out: list[list[Sample]] = [[] for _ in ids]
         batches = plan_batches([len(p) for p in ids], n, self.cfg)
+        was_training = self.model.training
+        self.model.eval()  # no dropout while sampling; the caller's mode is restored after
+        try:
+            self._generate(ids, n, params, detector, batches, out)
+        finally:
+            self.model.train(was_training)
+        return out
+
+    def _generate(self, ids, n, params, detector, batches, out) -> None:
         for b, idx in enumerate(tqdm(batches, desc="hf sampling", unit="batch", disable=len(batches) < 2)):
             input_ids, attention_mask = left_pad([ids[i] for i in idx], self.pad_id, self.device)
             recorder = _ChosenTokenLogprobs()
@@ -114,4 +123,3 @@ class HFSampler:
                 keep = len(row) if end is None else end
                 sample = detector.finish(row[:keep], logp[r, :keep].sum().item(), ended=end is not None)
                 out[idx[r // reps]].extend(copy.deepcopy(sample) for _ in range(n // reps))
-        return out

@@ -90,7 +90,7 @@ class NativeSampler:
     """
 
     def __init__(self, model, tokenizer, cfg: SamplerConfig, device: str = "cpu"):
-        self.model = model.eval()
+        self.model = model
         self.tokenizer = tokenizer
         self.cfg = cfg
         self.device = torch.device(device)
@@ -130,7 +130,7 @@ class NativeSampler:
 
         if isinstance(checkpoint, (str, os.PathLike)):
             checkpoint, _ = load_model_and_tokenizer(checkpoint, self.tokenizer, self.cfg, str(self.device))
-        self.model = checkpoint.eval()
+        self.model = checkpoint
 
     # no_grad, not inference_mode: inference tensors have no version counter, which the GPU
     # attention kernel's block-mask cache reads (alignment/kernels/attention.py).
@@ -146,10 +146,15 @@ class NativeSampler:
             generator.seed()
         out: list[list[Sample]] = [[] for _ in ids]
         batches = plan_batches([len(p) for p in ids], n, self.cfg)
-        for idx in tqdm(batches, desc="native sampling", unit="batch", disable=len(batches) < 2):
-            groups = self._generate_batch([ids[i] for i in idx], n, params, detector, generator)
-            for i, g in zip(idx, groups):
-                out[i] = g
+        was_training = self.model.training
+        self.model.eval()  # no dropout while sampling; the caller's mode is restored after
+        try:
+            for idx in tqdm(batches, desc="native sampling", unit="batch", disable=len(batches) < 2):
+                groups = self._generate_batch([ids[i] for i in idx], n, params, detector, generator)
+                for i, g in zip(idx, groups):
+                    out[i] = g
+        finally:
+            self.model.train(was_training)
         return out
 
     def _use_static(self) -> bool:

@@ -146,3 +146,14 @@ def test_reload_switches_to_the_newer_policy(model, tokenizer, tmp_path):
     after = tokens(sampler.generate(PROMPTS[:1], n=1, params=params))
     assert after != before
     assert after == tokens(build_sampler({"backend": "hf"}, newer, tokenizer).generate(PROMPTS[:1], n=1, params=params))
+
+
+@pytest.mark.parametrize("backend", ["native", "hf"])
+def test_sampling_a_model_in_training_leaves_it_in_training(model, tokenizer, backend):
+    # SFT samples pass rates mid-training: the sampler must not flip the caller's model to eval.
+    model.train()
+    try:
+        build_sampler({"backend": backend}, model, tokenizer).generate(["hi"], n=2, params=SamplingParams(max_new_tokens=2))
+        assert model.training
+    finally:
+        model.eval()

@@ -45,12 +45,13 @@ def test_eval_stage_on_two_checkpoints(tmp_path, tiny_model, tiny_tokenizer):
     tiny_tokenizer.save_pretrained(path)
     inputs = {name: InputArtifact(name, path, {"model": path}, {}) for name in ("sft_broad", "sft_hard")}
     ctx = StageContext(name="eval", run_dir=tmp_path, stage_dir=tmp_path / "eval", inputs=inputs)
-    cfg = EvalConfig(sets=[EvalSetSpec("asdiv", "test", 2), EvalSetSpec("humaneval", "test", 1)],
+    # short prompts only: the code path (sandbox, pass@k) is covered with the scripted policy above
+    cfg = EvalConfig(sets=[EvalSetSpec("asdiv", "test", 1), EvalSetSpec("templates", "heldout", 1)],
                      sampler={"backend": "native"}, max_new_tokens=4, num_samples=0)
     res = run(cfg, ctx)
     for stage in ("sft_broad", "sft_hard"):
         assert 0.0 <= res.metrics[f"{stage}/asdiv_test/acc"] <= 1.0
-        assert res.metrics[f"{stage}/humaneval_test/n"] == 1
+        assert res.metrics[f"{stage}/templates_heldout/n"] == 1
     assert all(isinstance(v, (int, float)) for v in res.metrics.values())  # flat
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert report["models"] == ["sft_broad", "sft_hard"]

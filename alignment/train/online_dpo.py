@@ -499,6 +499,7 @@ def run_rounds(
               f"{metrics['round_s']:.1f}s")
 
     atomic_write_jsonl(ctx.stage_dir / "pairs.jsonl", all_pairs)
+    write_pairs_card(ctx, cfg, per_round, seed)
     # Headline numbers first: the pipeline's stage table shows the first few.
     last = per_round[-1]
     flat = {k: last[k] for k in HEADLINE if k in last}
@@ -508,8 +509,64 @@ def run_rounds(
             flat.update({f"r{m['round']}/{k}": v for k, v in m.items() if isinstance(v, (int, float)) and k != "round"})
     flat["rounds"] = cfg.rounds
     atomic_write_json(ctx.stage_dir / "metrics.json", {"config": asdict(cfg), "rounds": per_round})
-    outputs = {"model": str(policy_dir.relative_to(ctx.stage_dir)), "pairs": "pairs.jsonl", "metrics": "metrics.json"}
+    outputs = {"model": str(policy_dir.relative_to(ctx.stage_dir)), "pairs": "pairs.jsonl",
+               "pairs_card": "pairs.card.md", "metrics": "metrics.json"}
     return StageResult(outputs=outputs, metrics=flat)
+
+
+def _git_commit() -> str:
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
+def write_pairs_card(ctx: StageContext, cfg: OnlineDPOConfig, per_round: Sequence[dict], seed: int) -> Path:
+    """The data card of ``pairs.jsonl`` (template: data_cards/dpo_online_pairs.md)."""
+    from alignment.artifacts import atomic_write_text, file_hash
+    from alignment.data.cards import render_card
+
+    pairs_path = ctx.stage_dir / "pairs.jsonl"
+    header = {
+        "name": f"{ctx.name}_pairs",
+        "kind": "dataset",
+        "description": f"Online DPO preference pairs written by stage {ctx.name}: best vs worst of "
+                       f"{cfg.n_samples} samples per prompt, ranked by the reward model and verifiers.",
+        "sources": [{"name": f"round{m['round']}", "count": int(m["pairs"])} for m in per_round],
+        "fields": ["prompt", "chosen", "rejected", "id", "round", "why", "margin", "chosen_reward", "rejected_reward",
+                   "chosen_passed", "rejected_passed", "chosen_index", "rejected_index"],
+        "license": "model outputs of the run's own policy; prompts keep their source's license (see body)",
+        "seed": seed,
+        "hashes": {"pairs.jsonl": file_hash(pairs_path)},
+        "records": sum(int(m["pairs"]) for m in per_round),
+        "stage": ctx.name,
+    }
+    keys = ("prompts", "samples", "pairs", "dropped_tie", "dropped_small_gap", "dropped_all_failed",
+            "rm_score_mean", "verifier_pass_rate", "pair_margin_mean")
+    summary = json.dumps([{k: m.get(k) for k in ("round", *keys)} for m in per_round], indent=1)
+    body = f"""# {ctx.name} online DPO pairs (generated)
+
+- generator: `alignment.train.online_dpo`, repository commit `{_git_commit()}`
+- policy sampled: `{per_round[0]['policy_in']}` (round 1; each later round samples the previous round's model)
+- sampling: {cfg.sampler.backend} backend, n={cfg.n_samples}, temperature {cfg.temperature}, top_p {cfg.top_p},
+  max_new_tokens {cfg.max_new_tokens}
+- prompts: `{json.dumps(cfg.prompts.source) if cfg.prompts.source else cfg.prompts.path or 'input prompts'}`
+- scorer: `{json.dumps(cfg.scorer)}`; verifier: `{json.dumps(cfg.verifier)}`
+- pair rule: `{json.dumps(asdict(cfg.pairs))}` (ties always dropped)
+
+Chosen and rejected are model outputs: they inherit the policy checkpoint's terms and those of its
+training data; pairs are only as good as the reward model that ranked them (inspect it with
+`yialign-reward inspect`).
+
+## Counts per round
+```json
+{summary}
+```
+"""
+    return atomic_write_text(ctx.stage_dir / "pairs.card.md", render_card(header, body))
 
 
 # --------------------------------------------------------------------------- stage

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from alignment.sampling import SamplerConfig
 from alignment.stage import InputArtifact, StageContext
 from alignment.train.dpo import DPOTrainArgs
 from alignment.train.online_dpo import OnlineDPOConfig, PromptsConfig, load_prompts, to_prompt_item
@@ -58,7 +59,7 @@ def _policy_dir(tmp_path, tokenizer):
 def _cfg(prompt_file):
     return OnlineDPOConfig(
         prompts=PromptsConfig(path=str(prompt_file)),
-        sampler={"backend": "native", "max_prompts_per_batch": 4},
+        sampler=SamplerConfig(backend="native", max_prompts_per_batch=4),
         scorer={"_target_": f"{TARGET}.LengthScorer"},
         verifier={"_target_": f"{TARGET}.DigitVerifier"},
         n_samples=4,
@@ -145,6 +146,10 @@ def test_two_online_rounds_on_tiny_model(tmp_path, tiny_tokenizer, monkeypatch):
     cands = [json.loads(line) for line in (ctx2.stage_dir / "round1" / "candidates.jsonl").read_text().splitlines()]
     assert [c["id"] for c in cands] == ["m1", "m2", "c1", "c2"] and all(len(c["samples"]) == 4 for c in cands)
     assert res2.metrics["dpo_steps"] >= 1 or res2.metrics.get("dpo_skipped") == 1
+    from alignment.data.cards import validate_card
+
+    card = validate_card(ctx2.stage_dir / res2.outputs["pairs_card"])
+    assert card["records"] == res2.metrics["pairs"] and card["stage"] == "dpo_r2"
 
 
 def test_prompt_items_from_rows_problems_and_strings(tmp_path):

@@ -139,6 +139,15 @@ def test_two_online_rounds_on_tiny_model(tmp_path, tiny_tokenizer, monkeypatch):
     res1b = online_dpo.run(_cfg(prompt_file), ctx1)
     assert sampled_from == [policy] and res1b.outputs == res1.outputs
 
+    # ---- a round killed during training resumes from its scored candidates (no resampling)
+    import shutil
+
+    (ctx1.stage_dir / "round1" / "metrics.json").unlink()
+    shutil.rmtree(ctx1.stage_dir / "round1" / "model")
+    res1c = online_dpo.run(_cfg(prompt_file), ctx1)
+    assert sampled_from == [policy] and res1c.metrics["pairs"] == res1.metrics["pairs"]
+    assert _weights(ctx1.stage_dir / res1c.outputs["model"]).keys() == after.keys()
+
     # ---- round 2 (stage dpo_r2, input policy = dpo_r1's model) samples from the round-1 policy
     ctx2 = _ctx(tmp_path, "dpo_r2", model1)
     res2 = online_dpo.run(_cfg(prompt_file), ctx2)

@@ -148,6 +148,8 @@ class PolicySpec:
             raise ValueError(f"policy must be 'checkpoint' or 'reference', got {self.kind!r}")
         from transformers import AutoTokenizer
 
+        import alignment  # noqa: F401  (registers yi_lightning: the tokenizer load reads config.json)
+
         from alignment.sampling import build_sampler
 
         tokenizer = AutoTokenizer.from_pretrained(self.model_path)

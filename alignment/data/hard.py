@@ -31,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 from alignment.data.records import prompt_messages
-from alignment.train.losses import sequence_logprobs
+from alignment.kernels import linear_cross_entropy
 
 PassRateFn = Callable[[list[dict], list[str]], Optional[float]]
 SeedExpander = Callable[[list[dict], int, int], list[dict]]
@@ -111,9 +111,14 @@ def example_losses(model, tokenizer, records: Sequence[dict], max_length: int = 
             ids[row, : len(tok)] = torch.tensor(tok)
             attn[row, : len(tok)] = 1
             labels[row, : len(tok)] = torch.where(torch.tensor(mask).bool(), torch.tensor(tok), torch.tensor(-100))
-        logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits
+        # Final hidden states + chunked linear cross-entropy: a pool batch at paper scale
+        # (16 x 4,096 tokens x 100K vocabulary) would need ~26 GB of float32 logits.
+        out = model(input_ids=ids.to(device), attention_mask=attn.to(device), output_hidden_states=True, logits_to_keep=1, use_cache=False)
+        h = out.hidden_states[-1][:, :-1]
+        target = labels[:, 1:].to(device)
+        logp = linear_cross_entropy(h.reshape(-1, h.shape[-1]), model.get_output_embeddings().weight, target.reshape(-1)).view_as(target)
         # Each example averaged over its own target tokens: length does not decide hardness.
-        mean_logp = sequence_logprobs(logits[:, :-1], labels[:, 1:].to(device), average=True)
+        mean_logp = logp.sum(-1) / (target != -100).sum(-1).clamp(min=1)
         for row, i in enumerate(idx):
             losses[i] = float(-mean_logp[row])
     model.train(was_training)

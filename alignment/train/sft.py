@@ -34,7 +34,7 @@ import importlib.util
 import math
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 import torch
@@ -349,10 +349,9 @@ def run(cfg: SFTStageConfig, ctx: StageContext) -> StageResult:
             sampler = build_sampler(cfg.sampler, model, tokenizer, device=device)
             params = SamplingParams(max_new_tokens=cfg.hard.pass_rate_max_new_tokens, temperature=1.0, seed=ctx.seed)
             rater = lambda recs: pass_rates(recs, sampler, rate_fn, cfg.hard.pass_rate_k, params)  # noqa: E731
-    for ref in cfg.decontam_inputs:
-        name, _, key = ref.partition(":")
-        cfg.decontam.extra_paths.append(str(ctx.input(name, key or None)))
-    data = assemble(cfg.mixture, cfg.decontam, ctx.seed, extra, cfg.hard, scorer, rater, _resolve(cfg.hard.seed_expander))
+    eval_files = [str(ctx.input(name, key or None)) for name, _, key in (ref.partition(":") for ref in cfg.decontam_inputs)]
+    decontam = replace(cfg.decontam, extra_paths=list(cfg.decontam.extra_paths) + eval_files)
+    data = assemble(cfg.mixture, decontam, ctx.seed, extra, cfg.hard, scorer, rater, _resolve(cfg.hard.seed_expander))
     if not data.records:
         raise ValueError(f"stage '{ctx.name}': the mixture '{cfg.mixture.name}' is empty (check sources and decontamination)")
     data_path = ctx.stage_dir / "dataset.jsonl"

@@ -282,7 +282,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, dict]:
     manifest = Manifest(run_dir)
     device = resolve_device(cfg.device)
     order = [p.name for p in planned]
-    selected = set(cfg.stages or order)
+    selected = set(order if cfg.stages is None else cfg.stages)  # stages=[] only writes config.yaml
     print(f"yialign: pipeline {cfg.pipeline.name} -> {run_dir} ({len(planned)} stages, device {device})", flush=True)
 
     for i, p in enumerate(planned, 1):

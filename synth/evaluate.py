@@ -162,7 +162,7 @@ def evaluate_sampler(sampler, render, sets: list[tuple[str, list[Problem]]], cfg
 def _build_policy(model_path: str, cfg: EvalConfig, device: str):
     from transformers import AutoTokenizer
 
-    import alignment  # noqa: F401  (registers yi_lightning: the tokenizer load reads config.json)
+    import alignment.model  # noqa: F401  (registers yi_lightning; see synth/stage.py PolicySpec.build)
 
     from alignment.sampling import build_sampler
     from synth.search.tree import chat_render

@@ -148,7 +148,8 @@ class PolicySpec:
             raise ValueError(f"policy must be 'checkpoint' or 'reference', got {self.kind!r}")
         from transformers import AutoTokenizer
 
-        import alignment  # noqa: F401  (registers yi_lightning: the tokenizer load reads config.json)
+        import alignment.model  # noqa: F401  (registers yi_lightning before the tokenizer reads config.json; the
+        # editable install maps `alignment` as a namespace package outside the repo dir, so `import alignment` may not)
 
         from alignment.sampling import build_sampler
 

@@ -16,6 +16,11 @@ Sources (:func:`load_pairs`) are any of
 - a Hugging Face hub id such as ``trl-lib/ultrafeedback_binarized`` (``datasets.load_dataset``; needs
   network access, which CI does not have).
 
+- ``problems:<source>[:<split>[:<n>]]``, e.g. ``problems:gsm_symbolic:train:2000``: offline pairs built
+  from ``synth.problems`` reference solutions (chosen) and the same solution with a wrong final answer
+  (rejected) - broad pairs for phase 1 where no public preference set can be downloaded
+  (:func:`reference_pairs`).
+
 Both TRL preference layouts are accepted: explicit prompt (``prompt`` + ``chosen``/``rejected`` as
 strings or assistant message lists) and implicit prompt (``chosen``/``rejected`` are whole
 conversations sharing the prompt turns).
@@ -33,10 +38,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 from pathlib import Path
 from typing import Any, Iterable
 
-__all__ = ["load_pairs", "normalize_pair", "curate_pairs", "split_by_prompt", "prompt_key", "prompt_text"]
+__all__ = ["load_pairs", "reference_pairs", "normalize_pair", "curate_pairs", "split_by_prompt", "prompt_key", "prompt_text"]
 
 Prompt = str | list[dict[str, str]]
 
@@ -138,7 +144,48 @@ def _read_json_rows(path: Path) -> Iterable[tuple[str, Any]]:
                 raise PairFormatError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
 
 
-def load_pairs(spec: str | Path, split: str = "train", limit: int | None = None) -> list[dict]:
+def _wrong_answer(answer: str, rng: random.Random) -> str:
+    try:
+        value = float(answer)
+    except ValueError:
+        return answer + "0"
+    delta = rng.choice([-10, -3, -2, -1, 1, 2, 3, 10])
+    wrong = value + delta
+    if wrong < 0 <= value:  # a negative count would be an easy tell
+        wrong = value + abs(delta)
+    return str(int(wrong)) if wrong == int(wrong) and "." not in answer else f"{wrong:g}"
+
+
+def reference_pairs(source: str, split: str = "train", n: int = 1000, seed: int = 0) -> list[dict]:
+    """Pairs from problems' worked reference solutions: the reference vs the reference with a wrong answer.
+
+    The rejected answer keeps every step but its final result (a hard negative: only the answer differs),
+    so the pair teaches "the right answer beats a plausible wrong one". Problems without a reference or a
+    numeric-looking answer in it are skipped. Only training splits should be used (the held-out templates
+    are the eval sets).
+    """
+    from synth.problems import load_problems
+
+    rng = random.Random(seed)
+    rows = []
+    for p in load_problems(source, split, n=n, seed=seed):
+        ref = p.meta.get("reference")
+        if p.kind != "math" or not ref or "####" not in ref:
+            continue
+        body, _, final = ref.rpartition("####")
+        final = final.strip()
+        wrong = _wrong_answer(final, rng)
+        # the last line of the working usually states the result too: change it there as well
+        head, sep, last = body.rstrip("\n").rpartition("\n")
+        last = last[::-1].replace(final[::-1], wrong[::-1], 1)[::-1] if final in last else last
+        rejected = f"{head}{sep}{last}\n#### {wrong}"
+        rows.append({"prompt": p.prompt, "chosen": ref, "rejected": rejected, "chosen_score": 1.0,
+                     "rejected_score": 0.0, "source": f"reference:{source}"})
+    return rows
+
+
+def load_pairs(spec: str | Path, split: str = "train", limit: int | None = None,
+               allow_empty: bool = False) -> list[dict]:
     """Load and normalize preference pairs from a file, a folder or a hub id.
 
     Args:
@@ -146,10 +193,19 @@ def load_pairs(spec: str | Path, split: str = "train", limit: int | None = None)
             folder, or hub dataset id.
         split (`str`, *optional*, defaults to `"train"`): split for hub ids and ``DatasetDict`` folders.
         limit (`int`, *optional*): keep at most this many rows (the first ones).
+        allow_empty (`bool`, *optional*, defaults to `False`): return ``[]`` for a source without pairs
+            instead of raising (a weak policy's synth run may verify nothing).
 
     Returns:
         `list[dict]`: normalized pairs.
     """
+    if str(spec).startswith("problems:"):
+        parts = str(spec).split(":")
+        if len(parts) > 4 or not parts[1]:
+            raise PairFormatError(f"pair source {spec!r}: expected problems:<source>[:<split>[:<n>]]")
+        n = int(parts[3]) if len(parts) > 3 else (limit or 1000)
+        rows = reference_pairs(parts[1], parts[2] if len(parts) > 2 else "train", n=n)
+        return rows[:limit] if limit is not None else rows
     path = Path(spec)
     rows: list[dict] = []
     if path.is_file():
@@ -180,7 +236,7 @@ def load_pairs(spec: str | Path, split: str = "train", limit: int | None = None)
         if limit is not None and len(rows) >= limit:
             break
         rows.append(normalize_pair(row, where, source))
-    if not rows:
+    if not rows and not allow_empty:
         raise PairFormatError(f"{spec}: no preference pairs found")
     return rows
 
@@ -194,8 +250,17 @@ def prompt_text(prompt: Prompt) -> str:
 
 
 def prompt_key(prompt: Prompt) -> str:
-    """A stable identity for a prompt (conversations compare by their full JSON)."""
-    return prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True, ensure_ascii=False)
+    """A stable identity for a prompt: its text, or for a longer conversation its full JSON.
+
+    A one-user-turn conversation and the plain string of that turn are the same prompt (and encode to
+    the same tokens), so a problem seen as ``"..."`` in one source and ``[{"role": "user", ...}]`` in
+    another lands on the same side of the held-out split.
+    """
+    if isinstance(prompt, str):
+        return prompt
+    if len(prompt) == 1 and prompt[0]["role"] == "user":
+        return prompt[0]["content"]
+    return json.dumps(prompt, sort_keys=True, ensure_ascii=False)
 
 
 def curate_pairs(rows: list[dict], min_gap: float) -> list[dict]:
@@ -250,7 +315,7 @@ def split_by_prompt(rows: list[dict], eval_fraction: float, seed: int = 0) -> tu
     held = {k for k in keys if unit(k) < eval_fraction}
     if eval_fraction > 0 and not held and len(keys) > 1:
         held = {min(keys, key=unit)}
-    if held == keys:  # never leave training empty
+    if keys and held == keys:  # never leave training empty
         held.discard(max(keys, key=unit))
     train = [r for r in rows if prompt_key(r["prompt"]) not in held]
     evals = [r for r in rows if prompt_key(r["prompt"]) in held]

@@ -28,6 +28,7 @@ Metrics: ``pairwise_acc`` (held-out, final), ``pairwise_acc_init``, ``pretrain_*
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,7 @@ from reward.train import LoraSpec, RewardPhase, TrainSpec, load_reward_model, tr
 
 __all__ = ["RewardStageConfig", "run"]
 
+log = logging.getLogger(__name__)
 CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "data_cards" / "reward_pairs.md"
 
 
@@ -78,8 +80,14 @@ class RewardStageConfig:
 def _phase_pairs(phase: RewardPhase, ctx: StageContext, pairs_key: str) -> list[dict]:
     rows: list[dict] = []
     for src in phase.sources:
-        path = ctx.input(src, pairs_key) if src in ctx.inputs else src
-        rows.extend(load_pairs(path, limit=phase.max_pairs))
+        if src in ctx.inputs:
+            # an earlier stage may legitimately produce no pairs (a weak policy verifies nothing)
+            got = load_pairs(ctx.input(src, pairs_key), limit=phase.max_pairs, allow_empty=True)
+            if not got:
+                log.warning("stage '%s': input '%s' has no preference pairs", ctx.name, src)
+        else:
+            got = load_pairs(src, limit=phase.max_pairs)
+        rows.extend(got)
     return curate_pairs(rows, phase.min_gap) if phase.curate else rows
 
 
@@ -120,16 +128,22 @@ def run(cfg: RewardStageConfig, ctx: StageContext) -> StageResult:
 
     # ---- data: per phase, split by prompt (one hash, so held-out prompts agree across phases)
     splits, held_out, sets = {}, {}, {}
+    metrics: dict = {}
     for name in cfg.phases:
         rows = _phase_pairs(getattr(cfg, name), ctx, cfg.pairs_key)
         train, evals = split_by_prompt(rows, cfg.eval_fraction, cfg.seed)
         if not train:
-            raise ValueError(f"stage '{ctx.name}': phase '{name}' has no training pairs "
-                             f"(sources {getattr(cfg, name).sources}, min_gap {getattr(cfg, name).min_gap})")
+            log.warning("stage '%s': phase '%s' has no training pairs (sources %s, min_gap %s): skipped",
+                        ctx.name, name, list(getattr(cfg, name).sources), getattr(cfg, name).min_gap)
+            metrics[f"{name}_skipped"] = 1
+            continue
         splits[name] = (train, evals)
         sets[f"{name}_train"] = train
         for r in evals:
             held_out.setdefault((prompt_key(r["prompt"]), r["chosen"], r["rejected"]), r)
+    if not splits:
+        raise ValueError(f"stage '{ctx.name}': no phase has training pairs; check the sources of "
+                         f"{', '.join(cfg.phases)} (an input stage with no pairs needs another source)")
     held = list(held_out.values())
     sets["heldout"] = held
     pairs_out = _write_pairs(ctx, sets, cfg)
@@ -137,13 +151,13 @@ def run(cfg: RewardStageConfig, ctx: StageContext) -> StageResult:
     # ---- model: from the policy, with a fresh score head
     dtype = getattr(torch, cfg.dtype)
     model, tokenizer = load_reward_model(ctx.input("policy", "model"), dtype=dtype)
-    metrics: dict = {"heldout_pairs": len(held)}
+    metrics["heldout_pairs"] = len(held)
     if held:
         metrics["pairwise_acc_init"] = RewardScorer(model, tokenizer, device, max_length=cfg.train.max_length
                                                     ).pairwise_accuracy(held)[0]
 
     # ---- the two phases
-    for name in cfg.phases:
+    for name in splits:
         train, evals = splits[name]
         model, m = train_phase(model, tokenizer, train, evals, getattr(cfg, name), cfg.train, cfg.lora,
                                ctx.checkpoint_dir / name, device=device)

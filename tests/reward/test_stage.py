@@ -21,7 +21,7 @@ RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "stage" / "reward.yam
 
 # tiny_cpu-style deltas on top of the paper-scale recipe
 TINY = {
-    "pretrain": {"max_steps": 6, "per_device_train_batch_size": 8, "gradient_accumulation_steps": 1,
+    "pretrain": {"sources": ["synth"], "max_steps": 6, "per_device_train_batch_size": 8, "gradient_accumulation_steps": 1,
                  "learning_rate": 1e-3},
     "finetune": {"max_steps": 3, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 1,
                  "learning_rate": 5e-4, "min_gap": 0.5},
@@ -120,3 +120,20 @@ def test_reward_stage_rejects_unknown_keys_and_phases(stage_ctx):
     fn, cfg = _cfg(phases=["pretrain", "polish"])
     with pytest.raises(ValueError, match="unknown phase 'polish'"):
         fn(cfg, stage_ctx())
+
+
+def test_empty_synth_pairs_skip_the_phase_or_fail_clearly(stage_ctx, caplog):
+    """A weak policy's synth run may verify nothing: phases fed only by it are skipped, loudly."""
+    ctx = stage_ctx()
+    (ctx.inputs["synth"].outputs["pairs"]).write_text("")
+    fn, cfg = _cfg(phases=["finetune"])
+    with pytest.raises(ValueError, match="no phase has training pairs"):
+        fn(cfg, ctx)
+    # offline reference-solution pairs keep phase 1 going; phase 2 (synth only) is skipped
+    fn, cfg = _cfg(pretrain={"sources": ["synth", "problems:templates:train:8"], "max_steps": 2,
+                             "per_device_train_batch_size": 2},
+                   train={"max_length": 256}, eval_fraction=0.25)
+    result = fn(cfg, stage_ctx())
+    assert result.metrics["finetune_skipped"] == 1 and result.metrics["pretrain_steps"] == 2
+    assert "input 'synth' has no preference pairs" in caplog.text
+    assert result.metrics["heldout_pairs"] >= 1

@@ -69,6 +69,6 @@ def trained_rm(tiny_tokenizer, echo_task, tmp_path_factory):
     phase_dir = tmp_path_factory.mktemp("rm") / "pretrain"
     phase = RewardPhase(sources=["echo"], max_steps=80, learning_rate=2e-3, per_device_train_batch_size=16,
                         warmup_ratio=0.05)
-    spec = TrainSpec(max_length=64, bf16=False, gradient_checkpointing=False, logging_steps=20, save_steps=40)
+    spec = TrainSpec(max_length=64, bf16=False, gradient_checkpointing=False, logging_steps=20, save_steps=20)
     model, metrics = train_phase(model, tiny_tokenizer, train, held, phase, spec, LoraSpec(), phase_dir, "cpu")
     return model, tiny_tokenizer, init_acc, metrics, phase_dir

@@ -69,14 +69,14 @@ def test_resume_from_checkpoint_and_final(trained_rm, echo_task, tiny_tokenizer)
     # the fixture's settings: a resumed run must continue the same schedule
     phase = RewardPhase(sources=["echo"], max_steps=80, learning_rate=2e-3, per_device_train_batch_size=16,
                         warmup_ratio=0.05)
-    spec = TrainSpec(max_length=64, bf16=False, gradient_checkpointing=False, logging_steps=20, save_steps=40)
+    spec = TrainSpec(max_length=64, bf16=False, gradient_checkpointing=False, logging_steps=20, save_steps=20)
     # a finished phase is loaded, not retrained
     m2, metrics = train_phase(tiny_rm(tiny_tokenizer, seed=5), tiny_tokenizer, held, [], phase, spec, LoraSpec(),
                               phase_dir, "cpu")
     assert metrics == {"resumed_final": 1}
     assert RewardScorer(m2, tok).score([p["prompt"] for p in held[:8]], [p["chosen"] for p in held[:8]]) == \
         pytest.approx(want, abs=1e-5)
-    # an interrupted phase (no final, last checkpoint at step 40) resumes there and ends where an
+    # an interrupted phase (no final, last checkpoint at step 60) resumes there and ends where an
     # uninterrupted run ends: same data order, same optimizer/scheduler/RNG state
     import shutil
 

@@ -96,6 +96,15 @@ def test_router_balance_stats():
     assert got["router/entropy"] == pytest.approx(1.0)
 
 
+PASS_RATE_CALLS = []
+
+
+def boxed_pass_rate(prompt, samples):
+    """Pass-rate hook the stage resolves by dotted path (the real one would call synth's verifier)."""
+    PASS_RATE_CALLS.append(len(samples))
+    return sum("\\boxed" in s for s in samples) / len(samples)
+
+
 def _ctx(root, name, inputs):
     stage_dir = root / name
     stage_dir.mkdir(parents=True, exist_ok=True)
@@ -146,13 +155,18 @@ def test_sft_broad_then_sft_hard_train_and_publish(tmp_path, tiny_model, tiny_to
         "policy": InputArtifact("policy", ctx1.stage_dir, {"model": stage1}, {}),
         "synth": InputArtifact("synth", synth.parent, {"sft": synth}, {}),
     })
-    cfg2 = sft.SFTStageConfig(mixture=hard, hard=sft.HardSelectionSpec(enabled=True, batch_size=16), max_steps=6, num_train_epochs=10, **common)
+    hard_spec = sft.HardSelectionSpec(
+        enabled=True, batch_size=16, pass_rate_fn="tests.train.test_sft.boxed_pass_rate", pass_rate_k=2, pass_rate_max_new_tokens=4
+    )
+    cfg2 = sft.SFTStageConfig(mixture=hard, hard=hard_spec, sampler={"backend": "native"}, max_steps=6, num_train_epochs=10, **common)
     r2 = sft.run(cfg2, ctx2)
     m2 = r2.metrics
     assert m2["count/synth_sft"] == 4 and m2["count/synthetic_math"] == 8
     report = json.loads((ctx2.stage_dir / "mixture_report.json").read_text())
     sel = report["hard_selection"]["per_source"][0]
     assert sel["pool"] == 30 and sel["kept"] == 8 and sel["mean_loss_kept"] > sel["mean_loss_pool"]
+    assert report["hard_selection"]["pass_rate"] and sel["mean_pass_rate_pool"] == 0.0  # 4 random tokens never hold a boxed answer
+    assert len(PASS_RATE_CALLS) == 30 and all(n == 2 for n in PASS_RATE_CALLS)
     assert _changed(_params(stage1), _params(ctx2.stage_dir / "model")) > 10
     assert m2["last_logged_loss"] < m2["first_logged_loss"], m2
 

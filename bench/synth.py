@@ -3,11 +3,12 @@
 1. search overhead: the model-free scripted policy (synth/search/scripted.py), so the number
    is tree bookkeeping + verifiers only;
 2. the tiny MoE (recipes/model/tiny.yaml, random init, our tiny tokenizer) as the policy
-   through ``alignment.sampling.build_sampler`` (``--backend native`` by default), against
-   best-of-N sampling with the same sampler and the same token budget per problem (the
-   baseline a search has to justify itself against). Tokens/s are reported for both.
+   through ``alignment.sampling.build_sampler`` (``--backend native`` by default), one
+   problem at a time and in lockstep groups of ``--batch`` (merged sampler calls, what the
+   stage does), against best-of-N sampling with the same sampler and about the same tokens
+   per problem (the baseline a search has to justify itself against).
 
-    python bench/synth.py                                  # CPU, 4 problems
+    python bench/synth.py                                  # CPU, 8 problems
     python bench/synth.py --device cuda --problems 32      # on a GPU
     python bench/synth.py --algorithm dfs --backend hf
     python bench/synth.py --save-checkpoint .bench_ckpt/tiny     # build the tiny policy once and exit
@@ -37,19 +38,25 @@ def build_tiny_checkpoint(path: Path) -> None:
     build_tiny_tokenizer().save_pretrained(path)
 
 
-def run_search(problems, sampler, render, cfg, label: str) -> dict:
+def run_search(problems, sampler, render, cfg, label: str, batch: int = 1) -> dict:
+    """Search every problem; ``batch > 1`` runs groups of problems in lockstep (merged sampler calls)."""
     from synth.search import search
+    from synth.search.lockstep import search_many
     from synth.search.tree import derive_seed
     from synth.verify import get_verifier
 
     verifiers = {"math": get_verifier("math"), "code": get_verifier("code")}
+
+    def one(p, s):
+        return search(p, s, verifiers[p.kind], cfg, seed=derive_seed(0, p.id), render=render)
+
     t0 = time.perf_counter()
-    tokens = solved = 0
-    for p in problems:
-        res = search(p, sampler, verifiers[p.kind], cfg, seed=derive_seed(0, p.id), render=render)
-        tokens += res.stats["tokens"]
-        solved += bool(res.stats["solved"])
+    results = []
+    for g in range(0, len(problems), batch):
+        results += search_many(problems[g : g + batch], sampler, one)
     dt = time.perf_counter() - t0
+    tokens = sum(r.stats["tokens"] for r in results)
+    solved = sum(bool(r.stats["solved"]) for r in results)
     out = {"label": label, "problems_per_min": 60 * len(problems) / dt, "tokens_per_s": tokens / dt, "solved": solved, "n": len(problems), "tokens": tokens}
     print(f"{label}: {out['problems_per_min']:.1f} problems/min, {out['tokens_per_s']:.0f} tokens/s, "
           f"solved {solved}/{len(problems)}, {tokens} tokens")
@@ -72,11 +79,12 @@ def best_of_n(problems, sampler, render, n: int, max_new_tokens: int, label: str
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--problems", type=int, default=4)
+    ap.add_argument("--problems", type=int, default=8)
     ap.add_argument("--algorithm", choices=["mcts", "dfs"], default="mcts")
     ap.add_argument("--backend", default="native")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--children", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=8, help="problems searched in lockstep (synth.stage batch_problems)")
     ap.add_argument("--simulations", type=int, default=4)
     ap.add_argument("--step-tokens", type=int, default=32)
     ap.add_argument("--rollout-tokens", type=int, default=64)
@@ -111,7 +119,9 @@ def main() -> None:
         sampler = build_sampler({"backend": args.backend}, d, tokenizer=tok, device=args.device)
         render = chat_render(tok) if tok.chat_template else default_render
         best_of_n(problems[:1], sampler, render, 2, 8, "warm-up (not counted)")
-        res = run_search(problems, sampler, render, cfg, f"{args.algorithm} tiny MoE via {args.backend} sampler")
+        seq = run_search(problems, sampler, render, cfg, f"{args.algorithm} tiny MoE via {args.backend}, one problem at a time")
+        res = run_search(problems, sampler, render, cfg, f"{args.algorithm} tiny MoE via {args.backend}, lockstep batch {args.batch}", args.batch)
+        print(f"lockstep/sequential problems-per-minute ratio: {res['problems_per_min'] / seq['problems_per_min']:.2f}x")
         per_problem = max(1, res["tokens"] // max(1, res["n"]))
         n = max(1, per_problem // args.rollout_tokens)
         base = best_of_n(problems, sampler, render, n, args.rollout_tokens, f"baseline best-of-{n} sampling, same sampler (~same tokens)")

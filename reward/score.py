@@ -66,14 +66,22 @@ class RewardScorer:
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str = "cpu", dtype: torch.dtype | str | None = None,
                         batch_size: int = 16, max_length: int = 4096) -> "RewardScorer":
-        """Load a ``save_pretrained`` reward model folder (model + tokenizer), e.g. the reward stage's ``model``."""
-        import alignment  # noqa: F401  (registers the yi_lightning model type with the Auto classes)
+        """Load a ``save_pretrained`` reward model folder (model + tokenizer), e.g. the reward stage's ``model``.
+
+        ``dtype`` (a ``torch.dtype`` or its name, as Hydra passes it) defaults to bfloat16 on CUDA and
+        float32 elsewhere.
+        """
+        import alignment.model  # noqa: F401  (registers the yi_lightning model type with the Auto classes)
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         path = Path(path)
         if not (path / "config.json").exists():
             raise FileNotFoundError(f"{path} is not a saved reward model (no config.json)")
-        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype or torch.float32)
+        if dtype is None or dtype == "auto":
+            dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+        elif isinstance(dtype, str):
+            dtype = getattr(torch, dtype)
+        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(path)
         return cls(model, tokenizer, device=device, batch_size=batch_size, max_length=max_length)
 

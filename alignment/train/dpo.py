@@ -304,6 +304,26 @@ def summarize_log_history(history: Sequence[dict]) -> dict[str, float]:
     return out
 
 
+def drop_overlong_prompts(rows: list[dict], tokenizer, max_length: int | None) -> list[dict]:
+    """Drop pairs whose prompt alone fills ``max_length`` (no completion token would be left to train).
+
+    TRL drops them silently and then fails on an empty dataset; here the count is reported and an
+    all-dropped set is a clear error naming the setting to raise.
+    """
+    if max_length is None:
+        return rows
+    from alignment.sampling.text import encode_prompts
+
+    lengths = [len(ids) for ids in encode_prompts(tokenizer, [r["prompt"] for r in rows])]
+    kept = [r for r, n in zip(rows, lengths) if n < max_length]
+    if not kept:
+        raise ValueError(f"every pair's prompt is at least train.max_length={max_length} tokens long "
+                         f"(shortest: {min(lengths)}); raise train.max_length")
+    if len(kept) < len(rows):
+        print(f"dpo: dropped {len(rows) - len(kept)} of {len(rows)} pairs whose prompt fills max_length={max_length}")
+    return kept
+
+
 def train_dpo(
     model,
     tokenizer,
@@ -332,6 +352,8 @@ def train_dpo(
     cache_dir = output_dir / "ref_cache"
     data_file = cache_dir / "pairs.jsonl"
     rows = [normalize_pair(r, f"pair {i}") for i, r in enumerate(pairs)]
+    n_given = len(rows)
+    rows = drop_overlong_prompts(rows, tokenizer, args.max_length)
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     # Rewrite only on change: the datasets fingerprint (and so the reference cache key) includes
     # the file's mtime, and a resumed run must find the cache of the first attempt.
@@ -355,6 +377,7 @@ def train_dpo(
     metrics = summarize_log_history(trainer.state.log_history)
     metrics["dpo_steps"] = trainer.state.global_step
     metrics["dpo_pairs"] = len(rows)
+    metrics["dpo_pairs_dropped_long"] = n_given - len(rows)
     metrics["dpo_train_s"] = round(time.perf_counter() - started, 3)
     # Drop the trainer's optimizer state and accelerator references before the caller moves on
     # (the next round's sampler must find the GPU free).

@@ -100,3 +100,14 @@ def test_offline_dpo_stage_trains_tiny_model_and_caches_reference(tmp_path, tiny
                             device="cpu", seed=0)
     assert ref_passes == []
     assert metrics["dpo_reward_accuracy_last"] == 1.0
+
+
+def test_overlong_prompts_are_dropped_and_an_all_dropped_set_is_a_clear_error(tiny_tokenizer):
+    from alignment.train.dpo import drop_overlong_prompts
+
+    short = {"prompt": CHAT, "chosen": "4", "rejected": "5"}
+    long = {"prompt": [{"role": "user", "content": "seven " * 200}], "chosen": "4", "rejected": "5"}
+    assert drop_overlong_prompts([short, long, short], tiny_tokenizer, 64) == [short, short]
+    assert drop_overlong_prompts([long], tiny_tokenizer, None) == [long]
+    with pytest.raises(ValueError, match="raise train.max_length"):
+        drop_overlong_prompts([long], tiny_tokenizer, 64)

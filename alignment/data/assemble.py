@@ -19,6 +19,10 @@ import random
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Optional, Sequence
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from alignment.safety.filter import SafetyFilter
 from alignment.data.decontam import DecontamSpec, build_index, decontaminate
 from alignment.data.hard import HardSelectionSpec, SeedExpander, select_hardest
 from alignment.data.mixture import MixtureSpec, build_mixture, source_targets
@@ -97,6 +101,7 @@ def assemble(
     scorer: Optional[Scorer] = None,
     rater: Optional[Rater] = None,
     expander: Optional[SeedExpander] = None,
+    safety: Optional["SafetyFilter"] = None,
 ) -> AssembledMixture:
     """Build the stage's records.
 
@@ -110,8 +115,16 @@ def assemble(
         scorer (`Callable`, *optional*): records -> per-record loss under the stage-1 model.
         rater (`Callable`, *optional*): records -> per-record pass rate (None where no verifier).
         expander (`SeedExpander`, *optional*): seed-expansion hook (see :mod:`alignment.data.hard`).
+        safety (`SafetyFilter`, *optional*): RAISE data filter applied to every source before
+            decontamination: flagged rows dropped (counted by reason), PII scrubbed.
     """
     loaded = [load_source(s, seed) for s in mixture.sources]
+    safety_info: dict[str, Any] = {"enabled": False}
+    if safety is not None:
+        safety_info = {"enabled": True, "by_source": {}}
+        for src in loaded + list(extra):
+            src.records, stats = safety.apply(src.records)
+            safety_info["by_source"][src.spec.name] = stats.as_card()
     for src in extra:
         if any(s.spec.name == src.spec.name for s in loaded):
             raise ValueError(f"extra source '{src.spec.name}' has the name of a recipe source")
@@ -163,4 +176,5 @@ def assemble(
             report["target_count"] = max(report["target_count"], hard.expand_to)
     report["decontamination"] = decontam_info
     report["hard_selection"] = hard_info
+    report["safety_filter"] = safety_info
     return AssembledMixture(records, report)

@@ -7,6 +7,9 @@
   single operations, two-step expressions and short word problems, in English and Chinese,
   each answered with worked steps and a final ``\\boxed{N}`` (the form the math verifier
   extracts). Sizes are unlimited; ``size`` picks how many.
+- ``builtin:safety``: RAISE-style safety SFT targets (alignment/safety/targets.py): harmful
+  requests with refusals that explain and redirect, and benign look-alikes with helpful
+  answers, English and Chinese; ``size`` picks how many.
 
 Preview from the shell: ``python -m alignment.data.builtin synthetic_math 5``.
 """
@@ -20,11 +23,12 @@ from pathlib import Path
 
 import yaml
 
-BUILTINS = ("chatterbot_en", "chatterbot_zh", "synthetic_math")
+BUILTINS = ("chatterbot_en", "chatterbot_zh", "synthetic_math", "safety")
 LICENSES = {
     "chatterbot_en": "BSD-3-Clause (chatterbot-corpus 1.3.3)",
     "chatterbot_zh": "BSD-3-Clause (chatterbot-corpus 1.3.3)",
     "synthetic_math": "generated in-repo (alignment/data/builtin.py), same license as the repo",
+    "safety": "generated in-repo (alignment/safety/targets.py), same license as the repo",
 }
 
 
@@ -141,6 +145,10 @@ def builtin_records(name: str, size: int | None = None, seed: int = 0) -> list[d
         return chatterbot_records("chinese")
     if name == "synthetic_math":
         return synthetic_math_records(size if size is not None else 10_000, seed)
+    if name == "safety":
+        from alignment.safety.targets import safety_records
+
+        return [{k: r[k] for k in ("messages", "source", "id")} for r in safety_records(size if size is not None else 2_000, seed)]
     raise ValueError(f"unknown builtin source 'builtin:{name}'; known: {', '.join('builtin:' + b for b in BUILTINS)}")
 
 

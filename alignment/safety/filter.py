@@ -7,7 +7,7 @@
 A row is dropped when a rule (or the optional classifier) flags any of its user-side text
 (prompts, user turns) or model-side text (responses, assistant turns, chosen/rejected);
 surviving rows have PII scrubbed in place. Safety SFT rows (``source`` starting with
-``safety_``) are exempt from the drop: their harmful prompts are there on purpose, paired
+``safety``) are exempt from the drop: their harmful prompts are there on purpose, paired
 with refusals.
 """
 
@@ -40,14 +40,24 @@ class SafetyConfig:
         categories (`list[str]`, *optional*): rule categories to apply (default: all).
         scrub_pii (`bool`, *optional*, defaults to `True`): replace PII in kept rows.
         classifier (`dict`, *optional*): a ``_target_`` block instantiating a :class:`Classifier`.
-        exempt_source_prefix (`str`, *optional*, defaults to `"safety_"`): sources never dropped.
+        exempt_source_prefix (`str`, *optional*, defaults to `"safety"`): sources never dropped.
+        sft_weight (`float`, *optional*, defaults to `0.05`): mixture weight of the generated safety
+            SFT targets (``builtin:safety``) in each SFT stage.
+        sft_size (`int`, *optional*, defaults to `2000`): how many safety targets to generate.
+        guard_input (`str`, *optional*, defaults to `"block"`): sampling-time input guard action.
+        guard_output (`str`, *optional*, defaults to `"flag"`): sampling-time output guard action
+            (online DPO vetoes flagged candidates from being chosen whatever this is).
     """
 
     enabled: bool = False
     categories: list[str] = field(default_factory=list)
     scrub_pii: bool = True
     classifier: dict | None = None
-    exempt_source_prefix: str = "safety_"
+    exempt_source_prefix: str = "safety"
+    sft_weight: float = 0.05
+    sft_size: int = 2000
+    guard_input: str = "block"
+    guard_output: str = "flag"
 
 
 @dataclass

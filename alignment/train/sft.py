@@ -48,6 +48,7 @@ from alignment.data.decontam import DecontamSpec
 from alignment.data.hard import HardSelectionSpec, example_losses, pass_rates
 from alignment.data.mixture import MixtureSpec
 from alignment.data.sources import SourceSpec, load_source
+from alignment.safety.filter import SafetyConfig, SafetyFilter
 from alignment.stage import StageContext, StageResult
 from alignment.train.losses import per_sample_mean, sample_ids_from_position_ids, token_logprobs
 
@@ -124,6 +125,9 @@ class SFTStageConfig:
             ``<stage>/checkpoints/runs/`` unless ``TENSORBOARD_LOGGING_DIR`` is set).
         lora (`LoraSpec`, *optional*): LoRA option.
         sft_args (`dict`, *optional*, defaults to `{}`): further ``trl.SFTConfig`` fields, verbatim.
+        safety (`SafetyConfig`, *optional*): RAISE switches (``${safety}``): with ``enabled``, every
+            source is filtered (drops counted by reason in the card) and the generated safety
+            targets join the mixture with weight ``sft_weight``.
     """
 
     mixture: MixtureSpec = MISSING
@@ -155,6 +159,7 @@ class SFTStageConfig:
     report_to: str = "none"
     lora: LoraSpec = field(default_factory=LoraSpec)
     sft_args: dict[str, Any] = field(default_factory=dict)
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
 
 
 # --------------------------------------------------------------------------- loss
@@ -351,13 +356,21 @@ def run(cfg: SFTStageConfig, ctx: StageContext) -> StageResult:
             rater = lambda recs: pass_rates(recs, sampler, rate_fn, cfg.hard.pass_rate_k, params)  # noqa: E731
     eval_files = [str(ctx.input(name, key or None)) for name, _, key in (ref.partition(":") for ref in cfg.decontam_inputs)]
     decontam = replace(cfg.decontam, extra_paths=list(cfg.decontam.extra_paths) + eval_files)
-    data = assemble(cfg.mixture, decontam, ctx.seed, extra, cfg.hard, scorer, rater, _resolve(cfg.hard.seed_expander))
+    mixture, safety = cfg.mixture, None
+    if cfg.safety.enabled:
+        # RAISE: filter every source, and mix the generated safety targets in by recipe weight
+        safety = SafetyFilter(cfg.safety)
+        if cfg.safety.sft_weight > 0:
+            mixture = replace(mixture, sources=list(mixture.sources) + [SourceSpec(
+                name="safety", path="builtin:safety", size=cfg.safety.sft_size, weight=cfg.safety.sft_weight)])
+    data = assemble(mixture, decontam, ctx.seed, extra, cfg.hard, scorer, rater, _resolve(cfg.hard.seed_expander), safety)
     if not data.records:
         raise ValueError(f"stage '{ctx.name}': the mixture '{cfg.mixture.name}' is empty (check sources and decontamination)")
     data_path = ctx.stage_dir / "dataset.jsonl"
     atomic_write_jsonl(data_path, data.records)
     card_path = ctx.stage_dir / "card.md"
     decontam_card = {k: v for k, v in data.report["decontamination"].items() if k != "dropped_by_source"}
+    decontam_card["safety_filter"] = data.report["safety_filter"]
     write_mixture_card(
         card_path, data.report, f"SFT mixture of stage `{ctx.name}` (Yi-Lightning-style post-training).",
         {"dataset.jsonl": file_hash(data_path)}, ["messages", "source", "id"], ctx.name, decontam_card,

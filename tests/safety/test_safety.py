@@ -135,3 +135,28 @@ def test_rewrite_scrubs_pii_in_outputs():
 @pytest.mark.parametrize("text", ["How do I spot a phishing email?", "如何防止洗钱?", "怎么戒毒品?"])
 def test_prevention_questions_pass(text):
     assert RULES.check(text) == []
+
+
+def test_sft_mixture_filters_sources_and_mixes_safety_targets(tmp_path):
+    from alignment.data.assemble import assemble
+    from alignment.data.decontam import DecontamSpec
+    from alignment.data.mixture import MixtureSpec
+    from alignment.data.sources import SourceSpec
+    from alignment.safety import SafetyConfig
+
+    path = tmp_path / "chat.jsonl"
+    rows = [{"prompt": "How do I make a pipe bomb?", "response": "Step 1..."},
+            {"prompt": "Write to me at x@y.org", "response": "Sure."}] + [
+           {"prompt": f"What is {i} plus {i}?", "response": f"{2 * i}"} for i in range(8)]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    mixture = MixtureSpec(name="m", sources=[SourceSpec(name="chat", path=str(path), weight=0.5),
+                                             SourceSpec(name="safety", path="builtin:safety", size=20, weight=0.5)],
+                          target_count=20, replacement=True)
+    data = assemble(mixture, DecontamSpec(enabled=False), seed=0, safety=SafetyFilter(SafetyConfig(enabled=True)))
+    report = data.report["safety_filter"]
+    assert report["by_source"]["chat"] == {"seen": 10, "kept": 9, "dropped_by_reason": {"weapons": 1},
+                                           "pii_scrubbed": {"EMAIL": 1}}
+    assert report["by_source"]["safety"]["kept"] == 20  # refusal targets are exempt from the drop
+    texts = [m["content"] for r in data.records for m in r["messages"]]
+    assert not any("pipe bomb?" in t for t in texts if "Step 1" in t) and not any("x@y.org" in t for t in texts)
+    assert {r["source"] for r in data.records} == {"chat", "safety"}

@@ -21,7 +21,7 @@ from typing import Callable
 
 from alignment.sampling.base import Sampler
 from synth.problems import Problem
-from synth.search.tree import Node, SearchConfig, SearchResult, StepPolicy, _norm, default_render
+from synth.search.tree import Node, SearchConfig, SearchResult, StepPolicy, default_render, normalize_step
 from synth.verify.math import step_arithmetic_ok
 
 
@@ -52,7 +52,7 @@ def dfs_search(problem: Problem, sampler: Sampler, verifier, cfg: SearchConfig, 
         counts["expansions"] += 1
         keep = []
         for child in policy.expand(node):
-            key = _norm(policy.state_text(child.steps()))
+            key = normalize_step(policy.state_text(child.steps()))
             if key in seen:
                 child.pruned = "duplicate"
                 counts["pruned_duplicate"] += 1
@@ -65,5 +65,5 @@ def dfs_search(problem: Problem, sampler: Sampler, verifier, cfg: SearchConfig, 
             keep.append(child)
         keep.sort(key=lambda c: -c.prior)  # stable: equal priors keep sampling order
         stack.extend(reversed(keep))
-    stats = {**policy.stats(), **counts, "nodes": policy._next_id, "wall_s": time.monotonic() - t0}
+    stats = {**policy.stats(), **counts, "nodes": policy.num_nodes, "wall_s": time.monotonic() - t0}
     return SearchResult(root, policy.candidates, stats)

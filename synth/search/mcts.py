@@ -81,5 +81,5 @@ def mcts_search(problem: Problem, sampler: Sampler, verifier, cfg: SearchConfig,
                     node.backup(r)
             continue
         _evaluate(policy, policy.expand(node))
-    stats = {**policy.stats(), "simulations": sims, "nodes": policy._next_id, "wall_s": time.monotonic() - t0}
+    stats = {**policy.stats(), "simulations": sims, "nodes": policy.num_nodes, "wall_s": time.monotonic() - t0}
     return SearchResult(root, policy.candidates, stats)

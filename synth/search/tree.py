@@ -194,7 +194,7 @@ def join_steps(kind: str, steps: Sequence[str]) -> str:
     return separator(kind).join(steps)
 
 
-def _norm(text: str) -> str:
+def normalize_step(text: str) -> str:
     return " ".join(text.split())
 
 
@@ -218,6 +218,10 @@ class StepPolicy:
         self.candidates: list[Candidate] = []
         self._verdicts: dict[str, Verdict] = {}
         self._next_id = 0
+
+    @property
+    def num_nodes(self) -> int:
+        return self._next_id
 
     # ---------------------------------------------------------------- budgets
     def out_of_budget(self) -> bool:
@@ -262,7 +266,7 @@ class StepPolicy:
         for s in samples:
             self.tokens += len(s.token_ids)
             text = s.text.rstrip()
-            key = _norm(text)
+            key = normalize_step(text)
             weight = math.exp(s.logprob_sum / max(1, len(s.token_ids)))
             if key in merged:
                 merged[key][1] += weight

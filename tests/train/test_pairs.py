@@ -90,3 +90,13 @@ def test_bad_rule_names_the_field(bad):
 def test_non_finite_reward_is_an_error():
     with pytest.raises(ValueError, match="candidate 1"):
         select_pair([C("a", 1.0), C("b", float("nan"))], PairRule())
+
+
+def test_unsafe_candidate_is_never_chosen_and_is_rejected_first():
+    """RAISE reward engineering: the guard verdict overrides reward and verifier."""
+    cands = [Candidate("unsafe but loved by the RM", 9.0, True, unsafe=True),
+             Candidate("fine", 1.0, True), Candidate("meh", 0.9, True)]
+    for mode in ("veto", "bonus", "ignore"):
+        pair = select_pair(cands, PairRule(verifier=mode, min_gap=0.5))
+        assert (pair.chosen, pair.rejected, pair.why) == (1, 0, "safety")
+    assert select_pair([Candidate("a", 1.0, unsafe=True), Candidate("b", 0.0, unsafe=True)], PairRule()).reason == "all_failed"

@@ -60,6 +60,10 @@ class BaseConfig:
         upcycle (`dict`, *optional*): keyword arguments of
             ``alignment.model.upcycle.upcycle_dense`` (``num_segments``, ``replicas``,
             ``top_k``, ``num_shared_segments``, config overrides ...).
+        calibrate_router_blocks (`int`, *optional*, defaults to `0`): with ``init_from``, fit
+            the routers to the dense FFN's segment norms on this many train blocks
+            (``alignment.model.upcycle.calibrate_router``); use it when ``upcycle.top_k`` is
+            below the number of routed segments (0: zero router).
         sources (`list[str]`, *optional*): corpus sources of the warm-up text.
         max_chars_per_source (`int`, *optional*, defaults to `None`): cap per source of warm-up text.
         seq_len (`int`, *optional*, defaults to `2048`): tokens per training block.
@@ -91,6 +95,7 @@ class BaseConfig:
     tokenizer_max_chars_per_source: Optional[int] = None
     init_from: Optional[str] = None
     upcycle: dict[str, Any] = field(default_factory=dict)
+    calibrate_router_blocks: int = 0
     sources: list[str] = field(default_factory=lambda: list(DEFAULT_SOURCES))
     max_chars_per_source: Optional[int] = None
     seq_len: int = 2048
@@ -197,6 +202,7 @@ def run(cfg: BaseConfig, ctx: StageContext) -> StageResult:
     from transformers import Trainer, TrainingArguments, set_seed
 
     t0 = time.time()
+    router_r2 = float("nan")
     seed = ctx.seed if cfg.seed is None else cfg.seed
     set_seed(seed)
     device = torch.device(ctx.device)
@@ -209,6 +215,15 @@ def run(cfg: BaseConfig, ctx: StageContext) -> StageResult:
 
         dense, tokenizer = load_dense(cfg.init_from)
         model = upcycle_dense(dense, **cfg.upcycle)
+        if cfg.calibrate_router_blocks > 0:
+            from alignment.model.upcycle import calibrate_router
+
+            texts = load_corpus(cfg.sources, split="train", max_chars_per_source=cfg.max_chars_per_source, seed=seed)
+            calib = pack_blocks(texts, tokenizer, cfg.seq_len, separator_id(tokenizer))[: cfg.calibrate_router_blocks]
+            if not calib:
+                raise ValueError(f"stage.base.calibrate_router_blocks: no train block of seq_len={cfg.seq_len} tokens")
+            r2 = calibrate_router(model, dense, torch.tensor(calib))
+            router_r2 = sum(r2.values()) / len(r2)
         del dense
     else:
         tokenizer = build_tokenizer_for(cfg)
@@ -306,6 +321,7 @@ def run(cfg: BaseConfig, ctx: StageContext) -> StageResult:
         params=n_params,
         vocab_size=len(tokenizer),
         upcycled=bool(cfg.init_from),
+        router_calibration_r2=router_r2,
         build_s=round(t_build, 2),
         wall_s=round(time.time() - t0, 2),
     )

@@ -156,6 +156,23 @@ def test_upcycle_from_dense_checkpoint(tmp_path, tiny_tokenizer, monkeypatch):
         torch.testing.assert_close(moe(input_ids=x).logits, dense.eval()(input_ids=x).logits, atol=1e-4, rtol=1e-4)
 
 
+def test_upcycle_with_router_calibration(tmp_path, tiny_tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tiny_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+    )).save_pretrained(tmp_path / "dense")
+    tiny_tokenizer.save_pretrained(tmp_path / "dense")
+    cfg = tiny_cfg(init_from=str(tmp_path / "dense"), upcycle={"num_segments": 4, "top_k": 2},
+                   calibrate_router_blocks=2, max_steps=0, eval_blocks=2)
+    res = run(cfg, make_ctx(tmp_path / "up"))
+    assert 0.0 < res.metrics["router_calibration_r2"] <= 1.0
+    router = load_file(tmp_path / "up" / "base" / "model" / "model.safetensors")["model.layers.0.mlp.gate.weight"]
+    assert router.abs().sum() > 0  # fitted by calibration (no training steps), not the zero init
+
+
 def test_tokenizer_path_and_too_little_text(tmp_path, tiny_tokenizer_path):
     cfg = tiny_cfg(tokenizer_path=str(tiny_tokenizer_path), max_steps=0)
     res = run(cfg, make_ctx(tmp_path / "a"))

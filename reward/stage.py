@@ -28,6 +28,7 @@ Metrics: ``pairwise_acc`` (held-out, final), ``pairwise_acc_init``, ``pretrain_*
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -58,6 +59,8 @@ class RewardStageConfig:
         lora (`LoraSpec`): LoRA instead of full fine-tuning (merged into the saved model).
         phases (`list[str]`, *optional*, defaults to `["pretrain", "finetune"]`): which phases run, in order.
         eval_fraction (`float`, *optional*, defaults to `0.1`): share of prompts held out for pairwise accuracy.
+        max_heldout_pairs (`int`, *optional*, defaults to `1000`): cap on held-out pairs scored (a seeded hash
+            picks them); their prompts stay out of training either way.
         dtype (`str`, *optional*, defaults to `"float32"`): weights dtype while training (``bf16`` in ``train``
             is mixed precision on top of it).
         inspect_max_prompts (`int`, *optional*, defaults to `50`): prompts shown in the report's tables.
@@ -71,6 +74,7 @@ class RewardStageConfig:
     lora: LoraSpec = field(default_factory=LoraSpec)
     phases: list[str] = field(default_factory=lambda: ["pretrain", "finetune"])
     eval_fraction: float = 0.1
+    max_heldout_pairs: int = 1000
     dtype: str = "float32"
     inspect_max_prompts: int = 50
     pairs_key: str = "pairs"
@@ -145,6 +149,16 @@ def run(cfg: RewardStageConfig, ctx: StageContext) -> StageResult:
         raise ValueError(f"stage '{ctx.name}': no phase has training pairs; check the sources of "
                          f"{', '.join(cfg.phases)} (an input stage with no pairs needs another source)")
     held = list(held_out.values())
+    if len(held) > cfg.max_heldout_pairs:
+        def key(r: dict) -> tuple:
+            return prompt_key(r["prompt"]), r["chosen"], r["rejected"]
+
+        def rank(r: dict) -> str:
+            return hashlib.sha256(f"{cfg.seed}\0{key(r)}".encode()).hexdigest()
+
+        held = sorted(held, key=rank)[:cfg.max_heldout_pairs]
+        kept = {key(r) for r in held}
+        splits = {name: (train, [r for r in evals if key(r) in kept]) for name, (train, evals) in splits.items()}
     sets["heldout"] = held
     pairs_out = _write_pairs(ctx, sets, cfg)
 

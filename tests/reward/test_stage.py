@@ -132,8 +132,8 @@ def test_empty_synth_pairs_skip_the_phase_or_fail_clearly(stage_ctx, caplog):
     # offline reference-solution pairs keep phase 1 going; phase 2 (synth only) is skipped
     fn, cfg = _cfg(pretrain={"sources": ["synth", "problems:templates:train:8"], "max_steps": 2,
                              "per_device_train_batch_size": 2},
-                   train={"max_length": 256}, eval_fraction=0.25)
+                   train={"max_length": 256}, eval_fraction=0.5, max_heldout_pairs=1)
     result = fn(cfg, stage_ctx())
     assert result.metrics["finetune_skipped"] == 1 and result.metrics["pretrain_steps"] == 2
     assert "input 'synth' has no preference pairs" in caplog.text
-    assert result.metrics["heldout_pairs"] >= 1
+    assert result.metrics["heldout_pairs"] == 1, "max_heldout_pairs caps the scored held-out set"

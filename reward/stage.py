@@ -160,13 +160,15 @@ def run(cfg: RewardStageConfig, ctx: StageContext) -> StageResult:
         kept = {key(r) for r in held}
         splits = {name: (train, [r for r in evals if key(r) in kept]) for name, (train, evals) in splits.items()}
     sets["heldout"] = held
-    pairs_out = _write_pairs(ctx, sets, cfg)
+    # under a distributed launch every rank trains; only rank 0 writes, scores and reports
+    main = ctx.is_main_process
+    pairs_out = _write_pairs(ctx, sets, cfg) if main else "pairs"
 
     # ---- model: from the policy, with a fresh score head
     dtype = getattr(torch, cfg.dtype)
     model, tokenizer = load_reward_model(ctx.input("policy", "model"), dtype=dtype)
     metrics["heldout_pairs"] = len(held)
-    if held:
+    if held and main:
         metrics["pairwise_acc_init"] = RewardScorer(model, tokenizer, device, max_length=cfg.train.max_length
                                                     ).pairwise_accuracy(held)[0]
 
@@ -178,6 +180,8 @@ def run(cfg: RewardStageConfig, ctx: StageContext) -> StageResult:
         metrics.update({f"{name}_{k}": v for k, v in m.items()})
 
     # ---- held-out accuracy, inspection report, publish
+    if not main:
+        return StageResult(outputs={"model": "model", "report": "report", "pairs": pairs_out}, metrics=metrics)
     scorer = RewardScorer(model, tokenizer, device, max_length=cfg.train.max_length)
     report_tmp = ctx.tmp_dir("report")
     if held:

@@ -276,5 +276,7 @@ def train_phase(model, tokenizer, train_pairs: list[dict], eval_pairs: list[dict
         model = model.merge_and_unload()
     if not math.isfinite(metrics["train_loss"]):
         raise FloatingPointError(f"{phase_dir.name}: training loss is {metrics['train_loss']}")
-    _save_final(model, tokenizer, final)
+    if trainer.is_world_process_zero():  # one writer under a distributed (accelerate) launch
+        _save_final(model, tokenizer, final)
+    trainer.accelerator.wait_for_everyone()
     return model, metrics

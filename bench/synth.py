@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+# the repo root first: this file's own name would otherwise shadow the `synth` package
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 

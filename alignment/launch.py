@@ -9,11 +9,19 @@ Every rank rebuilds the stage from ``runs/<name>/config.yaml`` (the recipe the p
 composed) and the manifest (its inputs), runs it, and rank 0 writes the StageResult to
 ``<stage dir>/.result.json`` for the pipeline to record. The manifest is only ever written
 by the pipeline process.
+
+Multi-process CPU (``recipes/accelerate/cpu_ddp.yaml``, ``distributed_type: MULTI_CPU``):
+``accelerate launch`` starts MULTI_CPU ranks only through ``mpirun``; without an MPI hostfile it
+starts a single process. That process notices (no ``WORLD_SIZE`` in its environment) and starts
+the ranks itself with ``torch.distributed.run`` (gloo), so the same recipe switch works on a
+laptop: ``yialign stages=[sft_broad] stage.sft_broad.accelerate=cpu_ddp``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -33,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = OmegaConf.merge(OmegaConf.structured(RootConfig), OmegaConf.load(run_dir / "config.yaml"))
     planned = {p.name: p for p in plan(cfg)}
     p = planned[name]
+    nproc = cpu_ranks_to_spawn(p.launch)
+    if nproc:
+        return spawn_cpu_ranks(run_dir, name, nproc)
     inputs, _ = _resolve_inputs(p, Manifest(run_dir), list(planned))
     ctx = StageContext(name=name, run_dir=run_dir, stage_dir=run_dir / name, inputs=inputs, root=cfg,
                        device=resolve_device(cfg.device), seed=int(cfg.seed))
@@ -40,6 +51,32 @@ def main(argv: list[str] | None = None) -> int:
     if ctx.is_main_process:
         atomic_write_json(ctx.stage_dir / RESULT_FILE, dataclasses.asdict(result))
     return 0
+
+
+def cpu_ranks_to_spawn(launch: dict) -> int:
+    """How many CPU ranks this (single, rank-less) process must start itself; 0 when none.
+
+    Non-zero only for a MULTI_CPU accelerate config asking for more than one process when no
+    launcher has set ``WORLD_SIZE`` (accelerate's simple launcher without mpirun).
+    """
+    if "config_file" not in launch or "WORLD_SIZE" in os.environ:
+        return 0
+    acc = OmegaConf.load(launch["config_file"])
+    if acc.get("distributed_type") != "MULTI_CPU":
+        return 0
+    n = int(launch.get("num_processes") or acc.get("num_processes", 1))
+    return n if n > 1 else 0
+
+
+def spawn_cpu_ranks(run_dir: Path, name: str, nproc: int) -> int:
+    """Start ``nproc`` gloo ranks of this module with ``torch.distributed.run``; their exit status."""
+    env = dict(os.environ, ACCELERATE_USE_CPU="true")
+    # one intra-op thread per rank unless the caller chose: ranks x threads must fit the cores
+    env.setdefault("OMP_NUM_THREADS", "1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "alignment.launch", str(run_dir), name]
+    print("  ranks: " + " ".join(cmd), flush=True)
+    return subprocess.run(cmd, env=env).returncode
 
 
 if __name__ == "__main__":

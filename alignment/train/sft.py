@@ -26,6 +26,10 @@ restart at 0 per sample and the model builds the block-causal mask from them.
 Outputs (``StageResult.outputs``): ``model`` (merged model + tokenizer), ``dataset`` (the mixture
 JSONL), ``card`` (its data card). Checkpoints go to ``ctx.checkpoint_dir``; a rerun resumes from
 ``ctx.last_checkpoint()``.
+
+Under ``accelerate launch`` (``stage.sft_broad.accelerate=ddp|fsdp2|cpu_ddp``) every rank builds
+the same mixture (same seed, same sources) and trains on its shard of each global batch; only
+rank 0 writes the JSONL, card, logs and the published model, after a barrier.
 """
 
 from __future__ import annotations
@@ -335,6 +339,8 @@ def run(cfg: SFTStageConfig, ctx: StageContext) -> StageResult:
         # Fail before hours of data preparation, not at the first log line.
         raise ImportError(f"report_to={cfg.report_to!r} needs the '{cfg.report_to}' package: pip install {cfg.report_to}")
     device = ctx.device if ctx.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    # Under a distributed launch every rank builds the same data and trains; only rank 0 writes.
+    main = ctx.is_main_process
     policy_path = str(ctx.input("policy", "model"))
     model, tokenizer = _build_model(policy_path, cfg, device)
 
@@ -366,16 +372,17 @@ def run(cfg: SFTStageConfig, ctx: StageContext) -> StageResult:
     data = assemble(mixture, decontam, ctx.seed, extra, cfg.hard, scorer, rater, _resolve(cfg.hard.seed_expander), safety)
     if not data.records:
         raise ValueError(f"stage '{ctx.name}': the mixture '{cfg.mixture.name}' is empty (check sources and decontamination)")
-    data_path = ctx.stage_dir / "dataset.jsonl"
-    atomic_write_jsonl(data_path, data.records)
-    card_path = ctx.stage_dir / "card.md"
-    decontam_card = {k: v for k, v in data.report["decontamination"].items() if k != "dropped_by_source"}
-    decontam_card["safety_filter"] = data.report["safety_filter"]
-    write_mixture_card(
-        card_path, data.report, f"SFT mixture of stage `{ctx.name}` (Yi-Lightning-style post-training).",
-        {"dataset.jsonl": file_hash(data_path)}, ["messages", "source", "id"], ctx.name, decontam_card,
-    )
-    atomic_write_json(ctx.stage_dir / "mixture_report.json", data.report)
+    if main:
+        data_path = ctx.stage_dir / "dataset.jsonl"
+        atomic_write_jsonl(data_path, data.records)
+        card_path = ctx.stage_dir / "card.md"
+        decontam_card = {k: v for k, v in data.report["decontamination"].items() if k != "dropped_by_source"}
+        decontam_card["safety_filter"] = data.report["safety_filter"]
+        write_mixture_card(
+            card_path, data.report, f"SFT mixture of stage `{ctx.name}` (Yi-Lightning-style post-training).",
+            {"dataset.jsonl": file_hash(data_path)}, ["messages", "source", "id"], ctx.name, decontam_card,
+        )
+        atomic_write_json(ctx.stage_dir / "mixture_report.json", data.report)
     t_data = time.time() - t0
 
     # ---- train
@@ -421,14 +428,18 @@ def run(cfg: SFTStageConfig, ctx: StageContext) -> StageResult:
     result = trainer.train(resume_from_checkpoint=resume)
     t_train = time.time() - t1
 
-    # ---- save: merged weights + tokenizer, published atomically
+    # ---- save: merged weights + tokenizer, published atomically (rank 0, after every rank is done)
     final = trainer.model
-    if cfg.lora.enabled:
-        final = final.merge_and_unload()
-    tmp = ctx.tmp_dir("model")
-    final.save_pretrained(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
-    ctx.publish(tmp, "model")
+    # FSDP shards the weights: gathering the full state dict is collective, so every rank calls it.
+    state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped) if trainer.is_fsdp_enabled else None
+    trainer.accelerator.wait_for_everyone()
+    if main:
+        if cfg.lora.enabled:
+            final = final.merge_and_unload()
+        tmp = ctx.tmp_dir("model")
+        final.save_pretrained(str(tmp), state_dict=state_dict)
+        tokenizer.save_pretrained(str(tmp))
+        ctx.publish(tmp, "model")
 
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     router = [h for h in trainer.state.log_history if "router/load_max_over_mean" in h]
@@ -448,7 +459,8 @@ def run(cfg: SFTStageConfig, ctx: StageContext) -> StageResult:
         metrics["aux_loss"] = router[-1].get("aux_loss", math.nan)
     for s in data.report["sources"]:
         metrics[f"count/{s['name']}"] = s["achieved"]
-    atomic_write_json(ctx.stage_dir / "train_log.json", trainer.state.log_history)
+    if main:
+        atomic_write_json(ctx.stage_dir / "train_log.json", trainer.state.log_history)
     return StageResult(
         outputs={"model": "model", "dataset": "dataset.jsonl", "card": "card.md", "report": "mixture_report.json"},
         metrics=metrics,

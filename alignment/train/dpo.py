@@ -355,17 +355,20 @@ def train_dpo(
     n_given = len(rows)
     rows = drop_overlong_prompts(rows, tokenizer, args.max_length)
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    config = dpo_config(args, output_dir, device, seed)
     # Rewrite only on change: the datasets fingerprint (and so the reference cache key) includes
-    # the file's mtime, and a resumed run must find the cache of the first attempt.
-    if not data_file.is_file() or data_file.read_text(encoding="utf-8") != text:
-        atomic_write_text(data_file, text)
+    # the file's mtime, and a resumed run must find the cache of the first attempt. Under a
+    # distributed launch rank 0 writes first and the others, finding the same text, read its file
+    # (every rank must fingerprint the same file, or their reference caches would differ).
+    with config.main_process_first(local=False, desc="DPO pairs file"):
+        if not data_file.is_file() or data_file.read_text(encoding="utf-8") != text:
+            atomic_write_text(data_file, text)
     # A file-backed dataset puts TRL's tokenization and reference-log-prob caches next to it (in
     # the stage folder) instead of a temp dir that vanishes with the process.
     dataset = Dataset.from_json(str(data_file), cache_dir=str(cache_dir / "hf"))
     if tokenizer.pad_token is None:
         raise ValueError("the policy's tokenizer has no pad token (DPO batches need one)")
 
-    config = dpo_config(args, output_dir, device, seed)
     started = time.perf_counter()
     trainer_cls = _moe_dpo_trainer_class() if args.aux_loss == "model" else DPOTrainer
     trainer = trainer_cls(model=model, ref_model=None, args=config, train_dataset=dataset, processing_class=tokenizer)
@@ -427,6 +430,8 @@ def run(cfg: DPOStageConfig, ctx: StageContext) -> StageResult:
         model, tokenizer, pairs, cfg.train, ctx.checkpoint_dir,
         device=ctx.device, seed=ctx.seed, resume_from=ctx.last_checkpoint(),
     )
-    model_key = save_policy(model, tokenizer, ctx)
-    atomic_write_json(ctx.stage_dir / "metrics.json", {"config": asdict(cfg), "metrics": metrics})
+    # Under a distributed launch the ranks hold the same weights after training (DDP); rank 0 writes.
+    model_key = save_policy(model, tokenizer, ctx) if ctx.is_main_process else "model"
+    if ctx.is_main_process:
+        atomic_write_json(ctx.stage_dir / "metrics.json", {"config": asdict(cfg), "metrics": metrics})
     return StageResult(outputs={"model": model_key, "metrics": "metrics.json"}, metrics=metrics)

@@ -358,8 +358,14 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _headline(key: str) -> bool:
+    # counts and secondary estimates stay in the manifest and the report, not the one-line summary
+    return not key.endswith(("/n", "/infra_faults", "_sampled"))
+
+
 def format_metrics(metrics: dict, limit: int = 6) -> str:
-    items = [(k, v) for k, v in metrics.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)]
+    items = [(k, v) for k, v in metrics.items()
+             if isinstance(v, (int, float, str)) and not isinstance(v, bool) and _headline(k)]
     return "  ".join(f"{k}={_fmt(v)}" for k, v in items[:limit])
 
 

@@ -56,7 +56,7 @@ def _figures(stages: dict[str, dict], order: list[str]) -> list[tuple[str, bytes
     for s in done:
         for k, v in stages[s].get("metrics", {}).items():
             m = _EVAL_KEY.match(k)
-            if m and _num(v) and m["stage"] in order:
+            if m and _num(v) and m["stage"] in order and ("acc" in m["metric"] or "pass@" in m["metric"]):
                 evals.setdefault(m["metric"], {})[m["stage"]] = float(v)
     if evals:
         fig, ax = plt.subplots(figsize=(7, 3.2))
@@ -68,27 +68,43 @@ def _figures(stages: dict[str, dict], order: list[str]) -> list[tuple[str, bytes
         ax.tick_params(axis="x", rotation=30)
         figs.append(("eval_per_stage", fig))
 
-    # numeric metrics reported by two or more stages (train loss, aux loss, tokens/s, ...)
-    shared: dict[str, dict[str, float]] = {}
-    for s in done:
-        for k, v in stages[s].get("metrics", {}).items():
-            if _num(v) and not _EVAL_KEY.match(k):
-                shared.setdefault(k, {})[s] = float(v)
-    shared = {k: v for k, v in shared.items() if len(v) >= 2}
-    if shared:
-        keys = sorted(shared)[:9]
-        cols = min(3, len(keys))
-        rows = (len(keys) + cols - 1) // cols
-        fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.6 * rows), squeeze=False)
-        for ax, key in zip(axes.flat, keys):
-            xs = [s for s in order if s in shared[key]]
-            ax.bar(xs, [shared[key][s] for s in xs], color="#55A868")
-            ax.set_title(key, fontsize=9)
-            ax.tick_params(axis="x", rotation=40, labelsize=7)
-        for ax in list(axes.flat)[len(keys):]:
+    # training signals: one panel per question, one bar per stage that reports it (the first
+    # key of the list a stage has is taken, since stages name the same idea differently)
+    panels = [
+        ("final training loss", ("train_loss_last", "last_logged_loss", "dpo_loss", "finetune_train_loss", "pretrain_train_loss")),
+        ("held-out LM loss (base)", ("heldout_loss_after",)),
+        ("RM held-out pairwise acc. (before, after)", ("pairwise_acc_init", "pairwise_acc")),
+        ("routing balance: max/mean expert load", ("router_load_max_over_mean",)),
+        ("MoE aux loss", ("aux_loss", "dpo_aux_loss")),
+        ("DPO reward accuracy after the round", ("dpo_post_reward_accuracy",)),
+        ("KL to the reference (k3)", ("kl_ref_k3",)),
+        ("verifier pass rate of samples", ("verifier_pass_rate", "response_pass_rate")),
+    ]
+    data = []
+    for title, keys in panels:
+        bars = []
+        for s in done:
+            m = stages[s].get("metrics", {})
+            if keys[0] == "pairwise_acc_init":  # a before/after pair, both shown
+                bars += [(f"{s}:{k.split('_')[-1]}", float(m[k])) for k in keys if _num(m.get(k))]
+                continue
+            k = next((k for k in keys if _num(m.get(k))), None)
+            if k is not None:
+                bars.append((s, float(m[k])))
+        if bars:
+            data.append((title, bars))
+    if data:
+        cols = min(3, len(data))
+        rows = (len(data) + cols - 1) // cols
+        fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.7 * rows), squeeze=False)
+        for ax, (title, bars) in zip(axes.flat, data):
+            ax.bar([b[0] for b in bars], [b[1] for b in bars], color="#55A868")
+            ax.set_title(title, fontsize=9)
+            ax.tick_params(axis="x", rotation=35, labelsize=7)
+        for ax in list(axes.flat)[len(data):]:
             ax.axis("off")
-        fig.suptitle("Metrics shared across stages")
-        figs.append(("shared_metrics", fig))
+        fig.suptitle("Training signals per stage")
+        figs.append(("training_signals", fig))
 
     out = []
     for name, fig in figs:

@@ -259,6 +259,13 @@ class MoESFTTrainer(SFTTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         head = self.accelerator.unwrap_model(model).get_output_embeddings().weight if self.fused_ce else None
         loss, outputs, parts = sft_loss(model, inputs, self.loss_weighting, num_items_in_batch, head)
+        world = self.accelerator.num_processes
+        if self.loss_weighting == "token" and num_items_in_batch is not None and self.args.average_tokens_across_devices and world > 1:
+            # num_items_in_batch is then the token count of all ranks, so this rank's CE is its share
+            # of the global token mean and DDP's gradient average would divide it by the world size
+            # once more (halving the step on 2 ranks); scale back, as Trainer.compute_loss does.
+            loss = loss + parts["ce"] * (world - 1)
+            parts["ce"] = parts["ce"] * world
         # With num_items_in_batch the Trainer leaves gradient-accumulation scaling to the loss:
         # the token-weighted CE already divides by the step's token count; the per-sample CE and
         # the aux loss are micro-batch means, so divide them by the accumulation steps.

@@ -45,8 +45,17 @@ def main(argv: list[str] | None = None) -> int:
     if nproc:
         return spawn_cpu_ranks(run_dir, name, nproc)
     inputs, _ = _resolve_inputs(p, Manifest(run_dir), list(planned))
+    device = resolve_device(cfg.device)
+    if device == "cuda" and "LOCAL_RANK" in os.environ:
+        # Each rank owns one card: runners call model.to(ctx.device), and a bare "cuda" would put
+        # every rank's copy on card 0 before the Trainer moves it (an OOM risk at real sizes).
+        import torch
+
+        local_rank = int(os.environ["LOCAL_RANK"])
+        torch.cuda.set_device(local_rank)
+        device = f"cuda:{local_rank}"
     ctx = StageContext(name=name, run_dir=run_dir, stage_dir=run_dir / name, inputs=inputs, root=cfg,
-                       device=resolve_device(cfg.device), seed=int(cfg.seed))
+                       device=device, seed=int(cfg.seed))
     result = p.fn(p.cfg, ctx)
     if ctx.is_main_process:
         atomic_write_json(ctx.stage_dir / RESULT_FILE, dataclasses.asdict(result))

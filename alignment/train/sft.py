@@ -430,6 +430,9 @@ def run(cfg: SFTStageConfig, ctx: StageContext) -> StageResult:
         peft_config=_peft_config(cfg.lora), loss_weighting=cfg.loss_weighting,
         fused_ce=cfg.loss_impl == "fused" or (cfg.loss_impl == "auto" and on_cuda),
     )
+    if trainer.is_fsdp_enabled and cfg.lora.enabled:
+        # the publish step merges adapters into gathered full weights, which is not wired for shards
+        raise ValueError(f"stage '{ctx.name}': lora.enabled under an FSDP launch is not supported; use accelerate=ddp")
     resume = ctx.last_checkpoint()
     t1 = time.time()
     result = trainer.train(resume_from_checkpoint=resume)

@@ -50,8 +50,8 @@ def _isolate(cfg, libc):
             # working dir stays reachable because our cwd was entered before the mounts.
             if libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) == 0:
                 ok = True
-                for d in (b"/tmp", b"/var/tmp", b"/dev/shm"):
-                    if os.path.isdir(d) and libc.mount(b"tmpfs", d, b"tmpfs", 0, b"size=16m,mode=1777") != 0:
+                for d in ("/tmp", "/var/tmp", "/dev/shm"):
+                    if os.path.isdir(d) and not _private_tmpfs(d, cfg.get("expose", []), libc):
                         ok = False
                 if ok:
                     got.append("tmp")
@@ -62,6 +62,30 @@ def _isolate(cfg, libc):
     if cfg["require_isolation"] and not {"net", "pid", "tmp", "paths"} <= set(got):
         _setup_fail(f"isolation unavailable (got {got})")
     return got
+
+
+def _private_tmpfs(d, expose, libc):
+    """Cover ``d`` with an empty tmpfs, keeping the interpreter's own folders that live under it.
+
+    A checkout or venv under /tmp (a CI clone, say) would otherwise vanish with the mount: such
+    folders are opened before and bind-mounted back after, at the same path.
+    """
+    keep = []
+    for path in expose:
+        real = os.path.realpath(path)
+        if real.startswith(d + "/") and os.path.isdir(real):
+            keep.append((real, os.open(real, os.O_RDONLY | os.O_DIRECTORY)))
+    try:
+        if libc.mount(b"tmpfs", d.encode(), b"tmpfs", 0, b"size=16m,mode=1777") != 0:
+            return False
+        for real, fd in keep:
+            os.makedirs(real, mode=0o755, exist_ok=True)
+            if libc.mount(f"/proc/self/fd/{fd}".encode(), real.encode(), None, MS_BIND | MS_REC, None) != 0:
+                return False
+        return True
+    finally:
+        for _, fd in keep:
+            os.close(fd)
 
 
 def _expose(paths, libc):

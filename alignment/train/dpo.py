@@ -372,6 +372,9 @@ def train_dpo(
     started = time.perf_counter()
     trainer_cls = _moe_dpo_trainer_class() if args.aux_loss == "model" else DPOTrainer
     trainer = trainer_cls(model=model, ref_model=None, args=config, train_dataset=dataset, processing_class=tokenizer)
+    if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
+        # the caller saves `model` from rank 0 alone, which needs whole (DDP) weights, not shards
+        raise ValueError("DPO under an FSDP/ZeRO-3 launch is not supported yet; use accelerate=ddp (or cpu_ddp)")
     try:
         trainer.train(resume_from_checkpoint=resume_from)
     finally:

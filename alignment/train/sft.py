@@ -430,9 +430,9 @@ def run(cfg: SFTStageConfig, ctx: StageContext) -> StageResult:
         peft_config=_peft_config(cfg.lora), loss_weighting=cfg.loss_weighting,
         fused_ce=cfg.loss_impl == "fused" or (cfg.loss_impl == "auto" and on_cuda),
     )
-    if trainer.is_fsdp_enabled and cfg.lora.enabled:
+    if (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled) and cfg.lora.enabled:
         # the publish step merges adapters into gathered full weights, which is not wired for shards
-        raise ValueError(f"stage '{ctx.name}': lora.enabled under an FSDP launch is not supported; use accelerate=ddp")
+        raise ValueError(f"stage '{ctx.name}': lora.enabled under an FSDP/ZeRO-3 launch is not supported; use accelerate=ddp")
     resume = ctx.last_checkpoint()
     t1 = time.time()
     result = trainer.train(resume_from_checkpoint=resume)
@@ -440,8 +440,9 @@ def run(cfg: SFTStageConfig, ctx: StageContext) -> StageResult:
 
     # ---- save: merged weights + tokenizer, published atomically (rank 0, after every rank is done)
     final = trainer.model
-    # FSDP shards the weights: gathering the full state dict is collective, so every rank calls it.
-    state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped) if trainer.is_fsdp_enabled else None
+    # FSDP / ZeRO-3 shard the weights: gathering the full state dict is collective, so every rank calls it.
+    sharded = trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled
+    state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped) if sharded else None
     trainer.accelerator.wait_for_everyone()
     if main:
         if cfg.lora.enabled:

@@ -154,6 +154,7 @@ def build_stage_config(name: str, block: DictConfig) -> tuple[Callable, Any, dic
     inputs = {str(k): str(v) for k, v in (plain.pop("inputs", None) or {}).items()}
     plain.pop("_target_")
     launch = {k: plain.pop(k) for k in ("accelerate", "num_processes") if k in plain}
+    launch = {k: v for k, v in launch.items() if v is not None}  # recipes declare them as null
     try:
         typed = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), plain))
     except OmegaConfBaseException as e:

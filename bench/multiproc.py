@@ -58,9 +58,9 @@ def run_sft(run_dir: Path, args, accelerate: str | None, per_device: int, accum:
         "+stage.sft_broad.sft_args.include_num_input_tokens_seen=true",
     ]
     if accelerate:
-        cmd.append(f"+stage.sft_broad.accelerate={accelerate}")
+        cmd.append(f"stage.sft_broad.accelerate={accelerate}")
         if args.nproc and accelerate == args.multi:
-            cmd.append(f"+stage.sft_broad.num_processes={args.nproc}")
+            cmd.append(f"stage.sft_broad.num_processes={args.nproc}")
     cmd += args.set
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(args.threads))

@@ -32,7 +32,7 @@ def test_sft_stage_on_two_cpu_ranks(tmp_path, tiny_model, tiny_tokenizer, capfd)
     run_dir = tmp_path / "run"
     cfg = compose([
         f"run_dir={run_dir}", "stages=[sft_broad]", "device=cpu",
-        f"stage.sft_broad.inputs.policy={policy}", "+stage.sft_broad.accelerate=cpu_ddp",
+        f"stage.sft_broad.inputs.policy={policy}", "stage.sft_broad.accelerate=cpu_ddp",
         "stage.sft_broad.max_steps=2", "stage.sft_broad.per_device_train_batch_size=1",
         "stage.sft_broad.max_length=64", "stage.sft_broad.learning_rate=3e-3", "stage.sft_broad.logging_steps=1",
         "stage.sft_broad.save_steps=2", "stage.sft_broad.gradient_checkpointing=false", "stage.sft_broad.bf16=false",

@@ -30,6 +30,7 @@ from typing import Any, Iterable, Iterator
 
 from tqdm import tqdm
 
+from alignment.artifacts import read_jsonl
 from alignment.data.builtin import package_dir
 from alignment.data.records import record_text
 
@@ -89,16 +90,7 @@ def humaneval_texts() -> list[str]:
 
 def jsonl_texts(path: str | Path) -> list[str]:
     """Every string of every row of a JSONL eval file; a bad line raises naming the file and line."""
-    texts = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                texts.extend(_strings(json.loads(line)))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: invalid JSON in eval set ({e.msg})") from None
-    return texts
+    return [text for row in read_jsonl(path) for text in _strings(row)]
 
 
 class NgramIndex:

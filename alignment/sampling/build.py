@@ -18,6 +18,14 @@ from alignment.sampling.base import Sampler
 from alignment.sampling.config import SamplerConfig
 
 
+def as_policy(checkpoint, tokenizer, cfg: SamplerConfig, device: str):
+    """A policy to sample from: a ``save_pretrained`` folder (loaded in the sampler's dtype and
+    device) or a model object, as is. Backends' ``reload`` (online DPO, between rounds) uses it."""
+    if isinstance(checkpoint, (str, os.PathLike)):
+        checkpoint, _ = load_model_and_tokenizer(checkpoint, tokenizer, cfg, device)
+    return checkpoint
+
+
 def load_model_and_tokenizer(path: str | os.PathLike, tokenizer, cfg: SamplerConfig, device: str):
     """Load a causal LM (and its tokenizer, unless given) from a ``save_pretrained`` folder."""
     import alignment  # noqa: F401  (registers model_type yi_lightning with the Auto classes)

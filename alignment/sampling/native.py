@@ -30,7 +30,6 @@ samples); ``logprob_sum`` is under the unmodified (temperature-1, unfiltered) di
 
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 import torch
@@ -126,11 +125,9 @@ class NativeSampler:
     def reload(self, checkpoint) -> None:
         """Sample from a newer policy from now on (online DPO, between rounds): a save_pretrained
         folder (loaded in this sampler's dtype and device) or a model object."""
-        from alignment.sampling.build import load_model_and_tokenizer
+        from alignment.sampling.build import as_policy
 
-        if isinstance(checkpoint, (str, os.PathLike)):
-            checkpoint, _ = load_model_and_tokenizer(checkpoint, self.tokenizer, self.cfg, str(self.device))
-        self.model = checkpoint
+        self.model = as_policy(checkpoint, self.tokenizer, self.cfg, str(self.device))
 
     # no_grad, not inference_mode: inference tensors have no version counter, which the GPU
     # attention kernel's block-mask cache reads (alignment/kernels/attention.py).

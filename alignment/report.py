@@ -79,6 +79,8 @@ def _figures(stages: dict[str, dict], order: list[str]) -> list[tuple[str, bytes
         ("DPO reward accuracy after the round", ("dpo_post_reward_accuracy",)),
         ("KL to the reference (k3)", ("kl_ref_k3",)),
         ("verifier pass rate of samples", ("verifier_pass_rate", "response_pass_rate")),
+        ("safety: SFT rows dropped by the filter", ("safety_dropped",)),
+        ("safety: guard events while sampling", ("guard_events",)),
     ]
     data = []
     for title, keys in panels:

@@ -411,6 +411,7 @@ def run_round(
         sampler = make_sampler(policy_dir)
         groups = generate_candidates(sampler, items, cfg.n_samples, params)
         if isinstance(sampler, GuardedSampler):  # safety.enabled: keep the guard events
+            metrics["guard_events"] = len(sampler.events)
             metrics.update(sampler.summary())
             sampler.write_log(rdir / "guard_events.jsonl")
         # Drop the sampler (and the policy copy it holds) before the reward model loads.

@@ -470,6 +470,10 @@ def run(cfg: SFTStageConfig, ctx: StageContext) -> StageResult:
         metrics["aux_loss"] = router[-1].get("aux_loss", math.nan)
     for s in data.report["sources"]:
         metrics[f"count/{s['name']}"] = s["achieved"]
+    if data.report["safety_filter"]["enabled"]:  # RAISE filter counts, for the pipeline report
+        per_source = data.report["safety_filter"]["by_source"].values()
+        metrics["safety_dropped"] = sum(sum(c["dropped_by_reason"].values()) for c in per_source)
+        metrics["safety_pii_scrubbed"] = sum(sum(c["pii_scrubbed"].values()) for c in per_source)
     if main:
         atomic_write_json(ctx.stage_dir / "train_log.json", trainer.state.log_history)
     return StageResult(

@@ -60,3 +60,14 @@ class Sample:
 @runtime_checkable
 class Sampler(Protocol):
     def generate(self, prompts: Sequence[Prompt], n: int, params: SamplingParams) -> list[list[Sample]]: ...
+
+
+class ModelSampler:
+    """Shared part of the backends that hold a model in this process (native, hf)."""
+
+    def reload(self, checkpoint) -> None:
+        """Sample from a newer policy from now on (online DPO, between rounds): a save_pretrained
+        folder (loaded in this sampler's dtype and device) or a model object."""
+        from alignment.sampling.build import as_policy
+
+        self.model = as_policy(checkpoint, self.tokenizer, self.cfg, str(self.device))

@@ -21,7 +21,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 from tqdm.auto import tqdm
 
-from alignment.sampling.base import Prompt, Sample, SamplingParams
+from alignment.sampling.base import ModelSampler, Prompt, Sample, SamplingParams
 from alignment.sampling.batching import check_params, left_pad, plan_batches
 from alignment.sampling.config import SamplerConfig
 from alignment.sampling.text import StopDetector, encode_prompts, eos_token_ids
@@ -47,7 +47,7 @@ class _ChosenTokenLogprobs(LogitsProcessor):
         return torch.stack([*self.steps, last], dim=1)
 
 
-class HFSampler:
+class HFSampler(ModelSampler):
     """Sampler over any ``transformers`` causal LM through ``generate``."""
 
     def __init__(self, model, tokenizer, cfg: SamplerConfig, device: str = "cpu"):
@@ -58,13 +58,6 @@ class HFSampler:
         self.eos_ids = eos_token_ids(tokenizer, model)
         pad = tokenizer.pad_token_id
         self.pad_id = int(pad) if pad is not None else min(self.eos_ids)
-
-    def reload(self, checkpoint) -> None:
-        """Sample from a newer policy from now on (online DPO, between rounds): a save_pretrained
-        folder (loaded in this sampler's dtype and device) or a model object."""
-        from alignment.sampling.build import as_policy
-
-        self.model = as_policy(checkpoint, self.tokenizer, self.cfg, str(self.device))
 
     # no_grad, not inference_mode: inference tensors have no version counter, which the GPU
     # attention kernel's block-mask cache reads (alignment/kernels/attention.py).

@@ -35,7 +35,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from alignment.sampling.base import Prompt, Sample, SamplingParams
+from alignment.sampling.base import ModelSampler, Prompt, Sample, SamplingParams
 from alignment.sampling.batching import check_params, left_pad, plan_batches
 from alignment.sampling.config import SamplerConfig
 from alignment.sampling.text import StopDetector, encode_prompts, eos_token_ids
@@ -81,7 +81,7 @@ def cache_batch_apply(cache, fn) -> None:
             layer.values = fn(layer.values)
 
 
-class NativeSampler:
+class NativeSampler(ModelSampler):
     """Batched multi-sample generation with one shared prefill per prompt.
 
     ``stats`` counts model calls since construction (``prefill_calls``, ``prefill_tokens``,
@@ -122,13 +122,6 @@ class NativeSampler:
         return out.logits[:, -1, :]
 
     # ------------------------------------------------------------------ public API
-    def reload(self, checkpoint) -> None:
-        """Sample from a newer policy from now on (online DPO, between rounds): a save_pretrained
-        folder (loaded in this sampler's dtype and device) or a model object."""
-        from alignment.sampling.build import as_policy
-
-        self.model = as_policy(checkpoint, self.tokenizer, self.cfg, str(self.device))
-
     # no_grad, not inference_mode: inference tensors have no version counter, which the GPU
     # attention kernel's block-mask cache reads (alignment/kernels/attention.py).
     @torch.no_grad()

@@ -168,7 +168,9 @@ class YiLightningAttention(nn.Module):
             self.v_proj = nn.Linear(D, Kh * Dh, bias=False)
         self.o_proj = nn.Linear(H * Dh, D, bias=False)
 
-    def forward(self, h_BSD, cos, sin, ctx: AttentionContext, shared_kv, past_key_values, position_ids=None):
+    def forward(self, h_BSD, cos, sin, ctx: AttentionContext, shared_kv, past_key_values, position_ids=None, **kwargs):
+        # kwargs reach external attention backends only (vLLM's transformers backend passes
+        # `attention_instances` through the base model's forward); the native path ignores them.
         B, S, _ = h_BSD.shape
         q = apply_rope(self.q_proj(h_BSD).view(B, S, self.num_heads, self.head_dim).transpose(1, 2), cos, sin)
         if self.owns_kv:
@@ -191,7 +193,7 @@ class YiLightningAttention(nn.Module):
             attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(attn_impl, None)
             out, _ = attention_interface(
                 self, q, k, v, None, dropout=0.0, scaling=self.scaling, sliding_window=self.sliding_window,
-                position_ids=position_ids,
+                position_ids=position_ids, **kwargs,
             )
             out = out.reshape(B, S, -1)
         else:
@@ -288,10 +290,11 @@ class YiLightningDecoderLayer(GradientCheckpointingLayer):
         self.post_attention_layernorm = YiLightningRMSNorm(config.hidden_size, eps, impl)
 
     def forward(
-        self, h_BSD, cos, sin, ctx=None, shared_kv=None, past_key_values=None, token_mask_T=None, position_ids=None
+        self, h_BSD, cos, sin, ctx=None, shared_kv=None, past_key_values=None, token_mask_T=None, position_ids=None,
+        **attn_kwargs,
     ):
         attn_out, shared_kv = self.self_attn(
-            self.input_layernorm(h_BSD), cos, sin, ctx, shared_kv, past_key_values, position_ids
+            self.input_layernorm(h_BSD), cos, sin, ctx, shared_kv, past_key_values, position_ids, **attn_kwargs
         )
         # Residual add fused into the norm (one pass over h on the Triton path): x = norm(h + attn), h += attn.
         norm = self.post_attention_layernorm
@@ -411,7 +414,7 @@ class YiLightningModel(YiLightningPreTrainedModel):
                 all_hidden.append(h)
             h, kv, logits_TE, aux, st = layer(
                 h, cos, sin, ctx=ctx, shared_kv=shared.get(plan[i]), past_key_values=past_key_values,
-                token_mask_T=token_mask_T, position_ids=position_ids,
+                token_mask_T=token_mask_T, position_ids=position_ids, **kwargs,
             )
             if plan[i] == i:
                 shared[i] = kv

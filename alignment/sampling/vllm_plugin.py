@@ -26,9 +26,8 @@ Not verified here (vLLM cannot be installed on these machines): that vLLM's Tran
 runs this model end to end. Read from vLLM's source (vllm/model_executor/models/transformers/):
 the backend builds the model with ``AutoModel.from_config`` (our registration above), sets
 ``config._attn_implementation = "vllm"`` and calls the model with an ``attention_instances=``
-keyword that its attention function looks up by ``module.layer_idx``. Known gaps:
-- modeling.py does not yet pass ``**kwargs`` from ``YiLightningModel.forward`` down to the
-  attention call, so ``attention_instances`` never arrives (model area: thread the kwargs);
+keyword that its attention function looks up by ``module.layer_idx``; the backbone passes its
+``**kwargs`` down to that call (tests/model/test_attention_kwargs.py). Known gaps:
 - vLLM keeps one KV cache per layer: a KV-sharing layer hands its owner's K/V to its own vLLM
   attention instance, which is correct but stores them twice (no sharing saving), and the ring
   buffers are replaced by vLLM's paged sliding-window attention;

@@ -1,6 +1,10 @@
-"""``yialign-reward``: inspect a reward model's rankings (entry point ``reward.cli:main``).
+"""``yialign-reward``: train a reward model or inspect its rankings (entry point ``reward.cli:main``).
 
 Run as (``python -m reward ...`` works the same before the console script is installed)::
+
+    # train: the recipe's reward stage alone (inputs from runs/<run_name>, or explicit paths)
+    yialign-reward train run_name=tiny_cpu
+    yialign-reward train stage.reward.inputs.policy=PATH/model stage.reward.inputs.synth=PATH/pairs.jsonl
 
     # candidates from a file (candidate rows and/or pair rows, e.g. the synth stage's pairs.jsonl)
     yialign-reward inspect --model runs/tiny_cpu/reward/model \\
@@ -30,6 +34,9 @@ RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="yialign-reward", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
+    tr = sub.add_parser("train", help="train the reward model: the pipeline's reward stage (two phases)")
+    tr.add_argument("overrides", nargs="*", help="Hydra overrides, as for yialign (e.g. run_name=exp1 "
+                    "stage.reward.finetune.min_gap=1.0); inputs come from that run or explicit paths")
     ins = sub.add_parser("inspect", help="rank candidates with a reward model; summary, tables, HTML report")
     ins.add_argument("--model", required=True, help="reward model folder (save_pretrained, e.g. the reward stage's model)")
     src = ins.add_mutually_exclusive_group(required=True)
@@ -115,6 +122,11 @@ def inspect_command(args) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "train":
+            # the reward stage of the recipe, run alone: same schema, resume and manifest as in the chain
+            from alignment.pipeline import main as pipeline_main
+
+            return pipeline_main(["stages=[reward]", *args.overrides])
         if args.command == "inspect":
             inspect_command(args)
     except (FileNotFoundError, ValueError) as e:  # bad input: one clear line, no traceback

@@ -133,8 +133,13 @@ def write_report(run_dir: str | Path, order: list[str], title: str = "") -> tupl
         e = stages.get(s, {})
         metrics = ", ".join(f"{k}={_fmt(v)}" for k, v in e.get("metrics", {}).items() if _num(v) or isinstance(v, str))
         md.append(f"| {s} | {e.get('status', 'not run')} | {_fmt(e.get('wall_time_s', '-'))} | {metrics} |")
+        # HTML: the first metrics in view, all of them one click away
+        head = ", ".join(metrics.split(", ")[:6])
+        cell = html.escape(head) + (f"<details><summary>all metrics</summary>{html.escape(metrics)}</details>"
+                                    if metrics != head else "")
         rows_html.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in
-                                          (s, e.get("status", "not run"), _fmt(e.get("wall_time_s", "-")), metrics)) + "</tr>")
+                                          (s, e.get("status", "not run"), _fmt(e.get("wall_time_s", "-"))))
+                         + f"<td>{cell}</td></tr>")
     total = sum(e.get("wall_time_s", 0) for e in stages.values() if e.get("status") == "completed")
     md += ["", f"Total wall time of completed stages: {total:.1f} s", ""]
     md += [f"![{name}](report_assets/{name}.png)" for name, _ in images]

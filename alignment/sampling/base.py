@@ -65,6 +65,17 @@ class Sampler(Protocol):
 class ModelSampler:
     """Shared part of the backends that hold a model in this process (native, hf)."""
 
+    def __init__(self, model, tokenizer, cfg, device: str = "cpu"):
+        import torch
+
+        from alignment.sampling.text import eos_token_ids
+
+        self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
+        self.device = torch.device(device)
+        self.eos_ids = eos_token_ids(tokenizer, model)
+        pad = tokenizer.pad_token_id
+        self.pad_id = int(pad) if pad is not None else min(self.eos_ids)
+
     def reload(self, checkpoint) -> None:
         """Sample from a newer policy from now on (online DPO, between rounds): a save_pretrained
         folder (loaded in this sampler's dtype and device) or a model object."""

@@ -23,8 +23,7 @@ from tqdm.auto import tqdm
 
 from alignment.sampling.base import ModelSampler, Prompt, Sample, SamplingParams
 from alignment.sampling.batching import check_params, left_pad, plan_batches
-from alignment.sampling.config import SamplerConfig
-from alignment.sampling.text import StopDetector, encode_prompts, eos_token_ids
+from alignment.sampling.text import StopDetector, encode_prompts
 
 
 class _ChosenTokenLogprobs(LogitsProcessor):
@@ -49,15 +48,6 @@ class _ChosenTokenLogprobs(LogitsProcessor):
 
 class HFSampler(ModelSampler):
     """Sampler over any ``transformers`` causal LM through ``generate``."""
-
-    def __init__(self, model, tokenizer, cfg: SamplerConfig, device: str = "cpu"):
-        self.model = model
-        self.tokenizer = tokenizer
-        self.cfg = cfg
-        self.device = torch.device(device)
-        self.eos_ids = eos_token_ids(tokenizer, model)
-        pad = tokenizer.pad_token_id
-        self.pad_id = int(pad) if pad is not None else min(self.eos_ids)
 
     # no_grad, not inference_mode: inference tensors have no version counter, which the GPU
     # attention kernel's block-mask cache reads (alignment/kernels/attention.py).

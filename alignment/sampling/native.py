@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from alignment.sampling.base import ModelSampler, Prompt, Sample, SamplingParams
 from alignment.sampling.batching import check_params, left_pad, plan_batches
 from alignment.sampling.config import SamplerConfig
-from alignment.sampling.text import StopDetector, encode_prompts, eos_token_ids
+from alignment.sampling.text import StopDetector, encode_prompts
 
 # Compact the decode batch once this share of its rows has finished: dropping rows costs one
 # gather of the cache, so doing it on every finish would cost more than it saves.
@@ -89,13 +89,7 @@ class NativeSampler(ModelSampler):
     """
 
     def __init__(self, model, tokenizer, cfg: SamplerConfig, device: str = "cpu"):
-        self.model = model
-        self.tokenizer = tokenizer
-        self.cfg = cfg
-        self.device = torch.device(device)
-        self.eos_ids = eos_token_ids(tokenizer, model)
-        pad = tokenizer.pad_token_id
-        self.pad_id = int(pad) if pad is not None else min(self.eos_ids)
+        super().__init__(model, tokenizer, cfg, device)
         self.stats = dict(prefill_calls=0, prefill_tokens=0, decode_steps=0, decode_rows=0, compactions=0)
 
     # ------------------------------------------------------------------ model calls

@@ -37,15 +37,3 @@ def tiny_config():
 def tiny_model():
     return build_tiny_model()
 
-
-@pytest.fixture
-def torch_single_thread():
-    """Run a test with one intra-op thread, then restore the setting.
-
-    The tiny model's ops are so small that thread hand-offs dominate: on the shared 2-core box the
-    model tests ran ~4x faster with one thread (25 s vs 117 s for tests/model under load).
-    """
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)

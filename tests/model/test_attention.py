@@ -8,8 +8,6 @@ import torch
 from alignment.model.modeling import AttentionContext, apply_rope, cached_attention, rope_cos_sin
 from tests.fixtures_model import build_tiny_model
 
-pytestmark = pytest.mark.usefixtures("torch_single_thread")
-
 
 def brute_force_attention(q, k, v, qpos, kpos, window, same_seq=None):
     """Loop over every (batch, head, query): softmax over the keys the rules allow."""

@@ -1,12 +1,9 @@
 """KV cache: cached decoding equals the full forward, ring buffer size, sharing, analytic == live bytes."""
 
-import pytest
 import torch
 
 from alignment.model import YiLightningCache, YiLightningConfig, kv_cache_bytes, kv_cache_ratio, load_preset
 from tests.fixtures_model import build_tiny_model
-
-pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
 def test_cached_logits_equal_full_forward_past_window_with_sharing():

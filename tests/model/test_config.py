@@ -7,7 +7,6 @@ from alignment.model import YiLightningConfig, kv_cache_ratio, load_preset
 from alignment.model.cache import YiLightningCache
 from tests.fixtures_model import build_tiny_model
 
-pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 S, F = "sliding_attention", "full_attention"
 

@@ -8,8 +8,6 @@ import alignment  # noqa: F401  (registers the Auto classes)
 from alignment.model import YiLightningConfig, YiLightningForCausalLM, YiLightningForSequenceClassification, load_preset
 from tests.fixtures_model import build_tiny_model
 
-pytestmark = pytest.mark.usefixtures("torch_single_thread")
-
 
 def test_forward_shapes_and_outputs(tiny_model, tiny_config):
     x = torch.randint(0, tiny_config.vocab_size, (2, 40))

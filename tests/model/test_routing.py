@@ -5,8 +5,6 @@ import torch
 
 from alignment.model import routing
 
-pytestmark = pytest.mark.usefixtures("torch_single_thread")
-
 
 def test_top_p_picks_fewest_experts_reaching_mass_clamped():
     probs = torch.tensor([

@@ -1,13 +1,10 @@
 """Gradients: LoRA trains only adapters (attention + expert projections), gradient checkpointing
 gives the same gradients, top-p routing trains end to end, and the aux loss reaches the router."""
 
-import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
 from tests.fixtures_model import build_tiny_model
-
-pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
 def _grads(model, x):

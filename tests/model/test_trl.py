@@ -12,7 +12,6 @@ from transformers import AutoModelForCausalLM
 from alignment.model import YiLightningForSequenceClassification
 from tests.fixtures_model import build_tiny_config, build_tiny_model
 
-pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 trl = pytest.importorskip("trl")
 

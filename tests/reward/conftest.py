@@ -39,16 +39,6 @@ def tiny_rm(tokenizer, seed: int = 0, layers: int = 2):
     return YiLightningForSequenceClassification(cfg)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Two OpenMP threads on two shared cores spin-wait badly when other processes run: one thread is
-    # 5x faster per step here and no slower on an idle CI box for these tiny shapes.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="session")
 def echo_task():
     from reward.pairs import split_by_prompt
@@ -62,7 +52,6 @@ def trained_rm(tiny_tokenizer, echo_task, tmp_path_factory):
     from reward.score import RewardScorer
     from reward.train import LoraSpec, RewardPhase, TrainSpec, train_phase
 
-    torch.set_num_threads(1)
     train, held = echo_task
     model = tiny_rm(tiny_tokenizer)
     init_acc = RewardScorer(model, tiny_tokenizer).pairwise_accuracy(held)[0]

@@ -9,21 +9,10 @@ the tiny preset's 8 layers put the two full-attention layers (3, 7) in one KV-sh
 from __future__ import annotations
 
 import pytest
-import torch
 
 from tests.fixtures_model import build_tiny_model
 
 WINDOW = 8
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Module scope, so it is in force before the module-scoped model fixtures run. Two-thread OpenMP ops (index_add in the MoE reference) slow down ~1000x when the box is
-    # oversubscribed; one thread keeps these tests well inside their time budget.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -48,17 +48,7 @@ def test_string_completions_after_chat_prompt_become_assistant_turns(tmp_path):
                        "rejected": [{"role": "assistant", "content": "5"}]}
 
 
-@pytest.fixture
-def one_torch_thread():
-    """Tiny shapes gain nothing from intra-op threads, and on a shared 2-core box OpenMP's spin-waits
-    made this test ~8x slower (measured: 152 s vs 19 s under load); restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def test_offline_dpo_stage_trains_tiny_model_and_caches_reference(tmp_path, tiny_tokenizer, monkeypatch, one_torch_thread):
+def test_offline_dpo_stage_trains_tiny_model_and_caches_reference(tmp_path, tiny_tokenizer, monkeypatch):
     from safetensors.torch import load_file
     from trl import DPOTrainer
 

@@ -16,15 +16,6 @@ from alignment.data.sources import SourceSpec
 from alignment.stage import InputArtifact, StageContext
 from alignment.train import sft
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny shapes gain nothing from intra-op threads, and on a shared 2-core box OpenMP spin-waits
-    make them several times slower (the same finding as tests/train/test_dpo.py); restored after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 CHATS = [
     [{"role": "user", "content": "What is 12 + 7?"}, {"role": "assistant", "content": "12 + 7 = 19. The answer is \\boxed{19}."}],

@@ -36,6 +36,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from alignment.artifacts import Manifest, atomic_write_text, config_hash, content_hash
+from alignment.report import format_metrics, stage_table, write_report
 from alignment.stage import InputArtifact, StageContext, StageResult
 
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
@@ -343,42 +344,9 @@ def run_pipeline(cfg: DictConfig) -> dict[str, dict]:
 
     print(stage_table(manifest, order), flush=True)
     if planned:
-        from alignment.report import write_report
-
         md, page = write_report(run_dir, order, title=f"{cfg.pipeline.name}: {cfg.pipeline.description}".rstrip(": "))
         print(f"report: {md} and {page}", flush=True)
     return manifest.stages
-
-
-# --------------------------------------------------------------------------- reporting
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
-
-
-def _headline(key: str) -> bool:
-    # counts and secondary estimates stay in the manifest and the report, not the one-line summary
-    return not key.endswith(("/n", "/infra_faults", "_sampled"))
-
-
-def format_metrics(metrics: dict, limit: int = 6) -> str:
-    items = [(k, v) for k, v in metrics.items()
-             if isinstance(v, (int, float, str)) and not isinstance(v, bool) and _headline(k)]
-    return "  ".join(f"{k}={_fmt(v)}" for k, v in items[:limit])
-
-
-def stage_table(manifest: Manifest, order: list[str]) -> str:
-    rows = [("stage", "status", "wall s", "metrics")]
-    for name in order:
-        e = manifest.entry(name) or {}
-        rows.append((name, e.get("status", "-"), _fmt(e.get("wall_time_s", "-")), format_metrics(e.get("metrics", {}), 4)))
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    lines = ["  ".join(r[i].ljust(widths[i]) for i in range(3)) + "  " + r[3] for r in rows]
-    lines.insert(1, "-" * max(len(line) for line in lines))
-    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- entry point

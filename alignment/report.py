@@ -1,4 +1,5 @@
-"""The pipeline report: ``runs/<name>/report.md`` and ``report.html`` from the manifest.
+"""The pipeline report: the console stage table, and ``runs/<name>/report.md`` and ``report.html``
+from the manifest.
 
 Written after every pipeline run (atomically). It holds the per-stage table (status, wall
 time, metrics) and plots where a table would be hard to read: time per stage, metrics
@@ -32,6 +33,28 @@ def _num(v) -> bool:
 
 def _fmt(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _headline(key: str) -> bool:
+    # counts and secondary estimates stay in the manifest and the report, not the one-line summary
+    return not key.endswith(("/n", "/infra_faults", "_sampled"))
+
+
+def format_metrics(metrics: dict, limit: int = 6) -> str:
+    items = [(k, v) for k, v in metrics.items()
+             if (_num(v) or isinstance(v, str)) and _headline(k)]
+    return "  ".join(f"{k}={_fmt(v)}" for k, v in items[:limit])
+
+
+def stage_table(manifest: Manifest, order: list[str]) -> str:
+    rows = [("stage", "status", "wall s", "metrics")]
+    for name in order:
+        e = manifest.entry(name) or {}
+        rows.append((name, e.get("status", "-"), _fmt(e.get("wall_time_s", "-")), format_metrics(e.get("metrics", {}), 4)))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = ["  ".join(r[i].ljust(widths[i]) for i in range(3)) + "  " + r[3] for r in rows]
+    lines.insert(1, "-" * max(len(line) for line in lines))
+    return "\n".join(lines)
 
 
 def _figures(stages: dict[str, dict], order: list[str]) -> list[tuple[str, bytes]]:

@@ -194,8 +194,13 @@ class Manifest:
 def git_commit(dirty_mark: bool = False) -> str:
     """The repository commit this code runs from ("unknown" outside a git checkout, e.g. a wheel).
 
-    With ``dirty_mark``, ``-dirty`` is appended when tracked files differ from that commit."""
+    With ``dirty_mark``, ``-dirty`` is appended when tracked files differ from that commit.
+    ``YIALIGN_COMMIT`` in the environment wins: a run from a copied tree (a GPU box that receives
+    the working files with stale git metadata) names the commit its files came from that way."""
     import subprocess
+
+    if os.environ.get("YIALIGN_COMMIT"):
+        return os.environ["YIALIGN_COMMIT"]
 
     here = Path(__file__).resolve().parent
     try:

@@ -23,6 +23,7 @@ with its verdict).
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,14 +123,20 @@ def evaluate_sampler(sampler, render, sets: list[tuple[str, list[Problem]]], cfg
     verifiers = {"math": get_verifier("math"), "code": get_verifier("code", timeout_s=cfg.code_timeout_s)}
     metrics: dict[str, Any] = {}
     rows: list[dict] = []
+    timing = {"sample_s": 0.0, "verify_s": 0.0}  # where the stage's time goes, per checkpoint
+    clock = time.perf_counter
     for name, problems in tqdm(sets, desc=f"eval {prefix or 'policy'}", unit="set"):
         if not problems:
             continue
         key = f"{prefix}/{name}" if prefix else name
         prompts = [render(p) for p in problems]
+        t0 = clock()
         greedy = sampler.generate(prompts, 1, SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=0.0, seed=cfg.seed))
+        t1 = clock()
         texts = [g[0].text for g in greedy]
         verdicts = _verify_all(problems, texts, verifiers, cfg.verify_workers)
+        timing["sample_s"] += t1 - t0
+        timing["verify_s"] += clock() - t1
         judged = [v for v in verdicts if v.error_kind is None]
         acc = sum(v.passed for v in judged) / len(judged) if judged else 0.0
         metric = "pass@1" if problems[0].kind == "code" else "acc"
@@ -141,10 +148,14 @@ def evaluate_sampler(sampler, render, sets: list[tuple[str, list[Problem]]], cfg
             rows.append({"model": prefix, "set": name, "problem_id": p.id, "mode": "greedy", "response": t, **v.to_dict()})
         if problems[0].kind == "code" and cfg.num_samples > 0:
             params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed)
+            t0 = clock()
             samples = sampler.generate(prompts, cfg.num_samples, params)
+            t1 = clock()
             flat_p = [p for p, s in zip(problems, samples) for _ in s]
             flat_t = [x.text for s in samples for x in s]
             flat_v = _verify_all(flat_p, flat_t, verifiers, cfg.verify_workers)
+            timing["sample_s"] += t1 - t0
+            timing["verify_s"] += clock() - t1
             per = {}
             for p, v in zip(flat_p, flat_v):
                 if v.error_kind is None:
@@ -156,6 +167,8 @@ def evaluate_sampler(sampler, render, sets: list[tuple[str, list[Problem]]], cfg
                     metrics[f"{key}/pass@{k}_sampled"] = round(sum(vals) / len(vals), 6)
             for p, t, v in zip(flat_p, flat_t, flat_v):
                 rows.append({"model": prefix, "set": name, "problem_id": p.id, "mode": "sampled", "response": t, **v.to_dict()})
+    for k, v in timing.items():
+        metrics[f"{prefix}/{k}" if prefix else k] = round(v, 2)
     return metrics, rows
 
 

@@ -18,6 +18,8 @@ Layout::
 from __future__ import annotations
 
 import contextlib
+import functools
+import gzip
 import hashlib
 import json
 import os
@@ -25,12 +27,20 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 MANIFEST = "manifest.json"
 
 
 # --------------------------------------------------------------------------- atomic writes
+
+
+@functools.lru_cache(maxsize=1)
+def _umask() -> int:
+    """The process umask, read once (by setting it and putting it back: there is no getter before 3.13)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -40,6 +50,7 @@ def _atomic_file(path: str | os.PathLike, mode: str):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a plain open() would honour the umask
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             yield f
             f.flush()
@@ -91,18 +102,120 @@ def atomic_replace_dir(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     return dst
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Read a JSONL file; a malformed line raises naming the file and line number."""
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
+# --------------------------------------------------------------------------- reading JSONL
+
+#: Default cap on one JSONL line (1 MiB): a longer row is almost always a broken or mis-joined file,
+#: and one such row copied into a mixture costs gigabytes. ``yialign max_row_bytes=N`` changes it
+#: for a run (:func:`row_limit`); ``max_row_bytes=0`` in a call means no cap.
+DEFAULT_MAX_ROW_BYTES = 1 << 20
+_max_row_bytes = DEFAULT_MAX_ROW_BYTES
+
+
+def max_row_bytes() -> int:
+    """The current cap on one JSONL line, in bytes (0 = none)."""
+    return _max_row_bytes
+
+
+@contextlib.contextmanager
+def row_limit(n: int):
+    """Use ``n`` bytes as the cap on one JSONL line inside the ``with`` block (the pipeline sets the run's)."""
+    global _max_row_bytes
+    old, _max_row_bytes = _max_row_bytes, int(n)
+    try:
+        yield
+    finally:
+        _max_row_bytes = old
+
+
+def _row_error(where: str, kind: str, detail: str) -> Exception:
+    from alignment.errors import BadRowError
+
+    return BadRowError(where, kind, detail)
+
+
+def iter_jsonl(path: str | os.PathLike, max_bytes: int | None = None, bad: str = "raise") -> Iterator[tuple[str, Any]]:
+    """Yield ``(where, row)`` for every non-blank line of a JSONL file (``.gz`` too); ``where`` is ``path:line``.
+
+    The one JSONL reader of the project: a line that is not UTF-8, is longer than ``max_bytes``
+    (default: :func:`max_row_bytes`; 0 = no cap) or is not valid JSON raises
+    :class:`alignment.errors.BadRowError` naming the file and line; with ``bad="yield"`` that error
+    is yielded in place of the row instead (callers that skip bad rows). An over-long line is never
+    held in memory whole: it is read in chunks and dropped.
+
+    Raises:
+        MissingFileError: when ``path`` does not exist or is a folder.
+    """
+    from alignment.errors import MissingFileError
+
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"{path}: {'is a folder, not a JSONL file' if path.is_dir() else 'does not exist'}")
+    limit = max_row_bytes() if max_bytes is None else int(max_bytes)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        lineno = 0
+        while True:
+            raw = f.readline(limit + 1) if limit > 0 else f.readline()
+            if not raw:
+                return
+            lineno += 1
+            where = f"{path}:{lineno}"
+            if limit > 0 and len(raw) > limit and not (len(raw) == limit + 1 and raw.endswith(b"\n")):
+                size = len(raw)
+                while not raw.endswith(b"\n"):  # skip the rest of the line without keeping it
+                    raw = f.readline(1 << 20)
+                    if not raw:
+                        break
+                    size += len(raw)
+                size -= raw.endswith(b"\n")
+                err = _row_error(where, "too_large", f"line is {size} bytes, over the "
+                                 f"max_row_bytes limit of {limit} (raise it with max_row_bytes=N if such rows are intended)")
+                if bad == "yield":
+                    yield where, err
+                    continue
+                raise err
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                err = _row_error(where, "bad_encoding", f"not UTF-8 text (byte 0x{raw[e.start]:02x} at byte {e.start + 1} "
+                                 f"of the line); convert the file to UTF-8")
+                if bad == "yield":
+                    yield where, err
+                    continue
+                raise err from None
+            if lineno == 1:
+                text = text.removeprefix("\ufeff")  # a UTF-8 byte-order mark
+            if not text.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                row = json.loads(text)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
-    return rows
+                err = _row_error(where, "bad_json", f"invalid JSON ({e.msg} at column {e.colno})")
+                if bad == "yield":
+                    yield where, err
+                    continue
+                raise err from None
+            yield where, row
+
+
+def read_jsonl(path: str | os.PathLike, max_bytes: int | None = None) -> list[dict]:
+    """Read a JSONL file (see :func:`iter_jsonl`); a bad line raises naming the file and line number."""
+    return [row for _, row in iter_jsonl(path, max_bytes)]
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """A whole UTF-8 text file; a missing file or non-UTF-8 bytes raise a one-line error naming it."""
+    from alignment.errors import DataError, MissingFileError
+
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"{path}: {'is a folder, not a file' if path.is_dir() else 'does not exist'}")
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x}); convert the file to UTF-8") from None
 
 
 # --------------------------------------------------------------------------- hashes
@@ -149,18 +262,41 @@ def config_hash(obj: Any) -> str:
 
 
 class Manifest:
-    """``runs/<name>/manifest.json``: one entry per stage, rewritten atomically on every change."""
+    """``runs/<name>/manifest.json``: one entry per stage, rewritten atomically on every change.
+
+    Only the holder of the run's lock (:func:`run_lock`) writes it. Each update still re-reads the
+    file and changes only its own stage's entry, so no other stage's entry can be lost. A manifest
+    that is not valid JSON or does not have the expected shape raises :class:`DataError` naming it.
+    """
 
     def __init__(self, run_dir: str | os.PathLike):
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / MANIFEST
-        if self.path.exists():
-            try:
-                self.data = json.loads(self.path.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{self.path}: corrupt manifest ({e.msg}); move it aside to start over") from None
-        else:
-            self.data = {"run_dir": str(self.run_dir), "stages": {}}
+        self.existed = self.path.exists()
+        self.data = self._read() or {"run_dir": str(self.run_dir), "stages": {}}
+
+    def _read(self) -> dict | None:
+        from alignment.errors import DataError
+
+        if not self.path.exists():
+            return None
+        hint = f"move it aside (mv {self.path} {self.path}.bad) to start the run over"
+        try:
+            data = json.loads(self.path.read_bytes().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            why = e.msg if isinstance(e, json.JSONDecodeError) else "not UTF-8"
+            raise DataError(f"{self.path}: corrupt manifest ({why}); {hint}") from None
+        except OSError as e:
+            raise DataError(f"{self.path}: cannot read the manifest ({e.strerror or e})") from None
+        if not isinstance(data, dict) or not isinstance(data.get("stages"), dict):
+            raise DataError(f"{self.path}: corrupt manifest (no 'stages' object); {hint}")
+        for name, entry in data["stages"].items():
+            if not isinstance(entry, dict) or not isinstance(entry.get("status"), str):
+                raise DataError(f"{self.path}: corrupt manifest (stage '{name}' has no status); {hint}")
+            for key in ("outputs", "output_hashes", "input_hashes", "metrics"):
+                if not isinstance(entry.get(key, {}), dict):
+                    raise DataError(f"{self.path}: corrupt manifest (stage '{name}': '{key}' is not an object); {hint}")
+        return data
 
     @property
     def stages(self) -> dict[str, dict]:
@@ -170,25 +306,107 @@ class Manifest:
         return self.stages.get(name)
 
     def update(self, name: str, **fields: Any) -> dict:
+        """Merge ``fields`` into stage ``name``'s entry (re-reading the file first) and save."""
+        self._refresh()
         entry = self.stages.setdefault(name, {})
         entry.update(fields)
         self.save()
         return entry
+
+    def restore(self, name: str, entry: dict | None) -> None:
+        """Put stage ``name``'s entry back to ``entry`` (``None``: no entry) and save."""
+        self._refresh()
+        if entry is None:
+            self.stages.pop(name, None)
+        else:
+            self.stages[name] = entry
+        if not self.stages and not self.existed:
+            self.path.unlink(missing_ok=True)  # the manifest did not exist before this run
+            return
+        self.save()
+
+    def _refresh(self) -> None:
+        disk = self._read()
+        if disk is not None:
+            self.data["stages"] = disk["stages"]
 
     def save(self) -> None:
         atomic_write_json(self.path, self.data)
 
     def outputs_intact(self, name: str) -> bool:
         """True when stage ``name`` completed and every output still has its recorded hash."""
+        return self.changed_output(name) is None and (self.entry(name) or {}).get("status") == "completed"
+
+    def changed_output(self, name: str) -> str | None:
+        """The first output of a completed stage ``name`` that is missing or differs from its recorded hash."""
         entry = self.entry(name)
         if not entry or entry.get("status") != "completed":
-            return False
+            return None
         stage_dir = self.run_dir / name
         for key, rel in entry.get("outputs", {}).items():
             p = stage_dir / rel
             if not p.exists() or content_hash(p) != entry.get("output_hashes", {}).get(key):
-                return False
-        return True
+                return key
+        return None
+
+
+# --------------------------------------------------------------------------- run lock
+
+LOCK_FILE = ".yialign.lock"
+LOCK_OWNER_FILE = ".yialign.lock.json"
+
+
+def lock_owner(run_dir: str | os.PathLike) -> dict:
+    """What the current holder of ``run_dir``'s lock wrote about itself ({} when unknown)."""
+    try:
+        owner = json.loads((Path(run_dir) / LOCK_OWNER_FILE).read_text(encoding="utf-8"))
+        return owner if isinstance(owner, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | os.PathLike, timeout: float = 0.0, command: str | None = None):
+    """Hold ``run_dir``'s lock for the ``with`` block: one writer per run directory.
+
+    An OS file lock (``filelock``, flock on Unix) on ``<run_dir>/.yialign.lock``: the kernel releases
+    it when the holder exits, even on ``kill -9``, so a stale lock never blocks a rerun. The holder
+    writes its pid, host, start time and command to ``.yialign.lock.json`` for the error message.
+
+    Args:
+        timeout (`float`, *optional*, defaults to `0`): seconds to wait for another holder to finish;
+            0 refuses at once, a negative value waits as long as it takes.
+
+    Raises:
+        RunLockedError: another process holds the lock (the message names its pid and command).
+    """
+    from filelock import FileLock, Timeout
+
+    from alignment.errors import RunLockedError
+
+    run_dir = Path(run_dir)
+    lock = FileLock(str(run_dir / LOCK_FILE))
+    try:
+        lock.acquire(timeout=timeout if timeout >= 0 else -1, poll_interval=0.2)
+    except Timeout:
+        owner = lock_owner(run_dir)
+        who = (f"pid {owner.get('pid', '?')} on {owner.get('host', '?')}, started {owner.get('started', '?')}"
+               + (f": {owner['command']}" if owner.get("command") else "")) if owner else "a process whose pid is not known yet"
+        waited = f" (waited {timeout:g} s)" if timeout > 0 else ""
+        raise RunLockedError(f"run directory {run_dir} is in use by another yialign process ({who}){waited}; "
+                        f"wait for it to finish, or rerun with lock_timeout=SECONDS to wait for it") from None
+    try:
+        import socket
+
+        atomic_write_json(run_dir / LOCK_OWNER_FILE, {
+            "pid": os.getpid(), "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": command or ""})
+        yield
+    finally:
+        try:
+            (run_dir / LOCK_OWNER_FILE).unlink(missing_ok=True)
+        finally:
+            lock.release()
 
 
 def git_commit(dirty_mark: bool = False) -> str:

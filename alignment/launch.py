@@ -7,8 +7,9 @@ The pipeline starts a training stage whose recipe block names an accelerate conf
 
 Every rank rebuilds the stage from ``runs/<name>/config.yaml`` (the recipe the pipeline
 composed) and the manifest (its inputs), runs it, and rank 0 writes the StageResult to
-``<stage dir>/.result.json`` for the pipeline to record. The manifest is only ever written
-by the pipeline process.
+``<stage dir>/.result.json`` for the pipeline to record (or ``{"user_error": ...}`` when the stage
+stopped on a bad config, input or data file). The manifest is only ever written by the
+pipeline process, which holds the run directory's lock meanwhile.
 
 Multi-process CPU (``recipes/accelerate/cpu_ddp.yaml``, ``distributed_type: MULTI_CPU``):
 ``accelerate launch`` starts MULTI_CPU ranks only through ``mpirun``; without an MPI hostfile it
@@ -56,7 +57,17 @@ def main(argv: list[str] | None = None) -> int:
         device = f"cuda:{local_rank}"
     ctx = StageContext(name=name, run_dir=run_dir, stage_dir=run_dir / name, inputs=inputs, root=cfg,
                        device=device, seed=int(cfg.seed))
-    result = p.fn(p.cfg, ctx)
+    from alignment.artifacts import row_limit
+    from alignment.errors import UserError
+
+    try:
+        with row_limit(int(cfg.max_row_bytes)):
+            result = p.fn(p.cfg, ctx)
+    except UserError as e:  # the pipeline reports it as one line and puts the stage back as it was
+        if ctx.is_main_process:
+            atomic_write_json(ctx.stage_dir / RESULT_FILE, {"user_error": str(e)})
+        print(f"yialign: error: {e}", file=sys.stderr)
+        return 2
     if ctx.is_main_process:
         atomic_write_json(ctx.stage_dir / RESULT_FILE, dataclasses.asdict(result))
     return 0

@@ -35,7 +35,8 @@ from typing import Any, Callable, Optional
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from alignment.artifacts import Manifest, atomic_write_text, config_hash, content_hash
+from alignment.artifacts import Manifest, atomic_write_text, config_hash, content_hash, row_limit, run_lock
+from alignment.errors import ConfigError, DataError, MissingFileError, UserError, one_line
 from alignment.report import format_metrics, stage_table, write_report
 from alignment.stage import InputArtifact, StageContext, StageResult
 
@@ -43,8 +44,15 @@ RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
 ACCELERATE_DIR = RECIPES_DIR / "accelerate"
 
 
-class PipelineError(RuntimeError):
-    """A user-facing error: bad config, missing input, unwritable run dir. Printed without a traceback."""
+class PipelineError(UserError, RuntimeError):
+    """A user-facing error: bad config, missing input, unwritable run dir. Printed without a traceback.
+
+    Every :class:`alignment.errors.UserError` (bad data rows, missing files, bad checkpoints, a
+    locked run directory) is handled the same way: one line on stderr, exit status 2."""
+
+
+class StageFailed(RuntimeError):
+    """A stage crashed (not a user error): recorded as ``failed`` in the manifest; a rerun resumes it."""
 
 
 # --------------------------------------------------------------------------- schema
@@ -88,6 +96,13 @@ class RootConfig:
         safety (`dict`, *optional*): RAISE switches (``alignment.safety.SafetyConfig``), read by
             the stages through ``${safety}``; ``safety.enabled=true`` turns filters, safety SFT
             targets and sampling guards on.
+        max_row_bytes (`int`, *optional*, defaults to `1048576`): longest JSONL line (bytes) any
+            reader accepts; a longer row stops the stage with an error naming the file and line.
+        keep_checkpoints (`bool`, *optional*, defaults to `False`): keep a finished stage's trainer
+            checkpoints (``<stage>/checkpoints``). Only a resume of an unfinished stage reads them, so
+            by default they are deleted once the stage completes.
+        lock_timeout (`float`, *optional*, defaults to `0`): seconds to wait when another process
+            holds the run directory's lock (0: refuse at once, naming its pid; -1: wait for it).
     """
 
     pipeline: PipelineSpec = field(default_factory=PipelineSpec)
@@ -103,6 +118,9 @@ class RootConfig:
     seed: int = 0
     device: str = "auto"
     cpu_threads: int = 1
+    max_row_bytes: int = 1 << 20
+    keep_checkpoints: bool = False
+    lock_timeout: float = 0.0
 
 
 def register_configs() -> None:
@@ -159,11 +177,41 @@ def build_stage_config(name: str, block: DictConfig) -> tuple[Callable, Any, dic
     try:
         typed = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), plain))
     except OmegaConfBaseException as e:
+        from omegaconf.errors import ConfigKeyError
+
         key = getattr(e, "full_key", None) or getattr(e, "key", None)
-        known = ", ".join(f.name for f in dataclasses.fields(schema))
-        raise PipelineError(f"{where}.{key}: {type(e).__name__}: {e.msg if hasattr(e, 'msg') else e}\n"
-                            f"  known keys of {schema.__qualname__}: {known}") from None
+        msg = (str(e.msg) if hasattr(e, "msg") else str(e)).strip().splitlines()[0]
+        if isinstance(e, ConfigKeyError):
+            owner = _schema_at(schema, str(key))
+            known = ", ".join(f.name for f in dataclasses.fields(owner))
+            raise PipelineError(f"{where}.{key}: unknown key ({msg}); known keys of {owner.__qualname__}: {known}") from None
+        raise PipelineError(f"{where}.{key}: {type(e).__name__}: {msg}") from None
+    try:
+        from alignment.validate import check_values
+
+        check_values(typed, where)
+    except ConfigError as e:
+        raise PipelineError(str(e)) from None
     return fn, typed, inputs, launch, {"_target_": block._target_, "inputs": inputs, **launch, **plain}
+
+
+def _schema_at(schema: type, key: str) -> type:
+    """The dataclass that holds the last part of ``key`` (``hard.nope`` -> HardSelectionSpec)."""
+    import re
+
+    parts = [p for p in re.sub(r"\[\d+\]", "", key).split(".") if p]
+    for part in parts[:-1]:
+        try:
+            hint = typing.get_type_hints(schema).get(part)
+        except Exception:
+            return schema
+        for cand in (hint, *typing.get_args(hint)):
+            if dataclasses.is_dataclass(cand):
+                schema = cand
+                break
+        else:
+            return schema
+    return schema
 
 
 def check_run_dir_writable(run_dir: Path) -> None:
@@ -211,9 +259,13 @@ def launch_accelerate(p: "_Planned", run_dir: Path) -> StageResult:
     cmd = launch_command(p, run_dir)
     print("  launch: " + " ".join(cmd), flush=True)
     rc = subprocess.run(cmd).returncode
-    if rc != 0 or not result_file.exists():
-        raise PipelineError(f"stage '{p.name}' failed under accelerate (exit {rc}); command: {' '.join(cmd)}")
-    return StageResult(**json.loads(result_file.read_text()))
+    result = json.loads(result_file.read_text(encoding="utf-8")) if result_file.exists() else None
+    result_file.unlink(missing_ok=True)
+    if result is not None and "user_error" in result:  # a rank stopped on a bad config/data/input
+        raise PipelineError(result["user_error"])
+    if rc != 0 or result is None:
+        raise StageFailed(f"stage '{p.name}' failed under accelerate (exit {rc}); command: {' '.join(cmd)}")
+    return StageResult(**result)
 
 
 # --------------------------------------------------------------------------- the run
@@ -243,6 +295,7 @@ def plan(cfg: DictConfig) -> list[_Planned]:
     for sel in (cfg.stages or []) + list(cfg.force):
         if sel not in order:
             raise PipelineError(f"stages/force: unknown stage '{sel}'; this pipeline has {order}")
+    _check_root_values(cfg)
     planned = []
     for name in order:
         fn, typed, inputs, launch, plain = build_stage_config(name, cfg.stage[name])
@@ -251,11 +304,73 @@ def plan(cfg: DictConfig) -> list[_Planned]:
         for inp, src in inputs.items():
             if src in order and order.index(src) >= order.index(name):
                 raise PipelineError(f"stage.{name}.inputs.{inp}: '{src}' runs after '{name}'")
-            if src not in order and not Path(src).exists():
-                raise PipelineError(f"stage.{name}.inputs.{inp}: '{src}' is neither a stage of this "
-                                    f"pipeline ({order}) nor an existing path")
+            if src not in order:
+                _check_path_input(Path(src), f"stage.{name}.inputs.{inp}", order)
         planned.append(_Planned(name, fn, typed, inputs, launch, config_hash(plain)))
     return planned
+
+
+def _check_root_values(cfg: DictConfig) -> None:
+    """Ranges of the top-level values, and the ``model`` preset's keys, before any stage runs."""
+    from alignment.validate import check_values
+
+    try:
+        check_values({k: cfg.get(k) for k in ("seed", "cpu_threads", "max_row_bytes")}, "", owner="RootConfig")
+    except ConfigError as e:
+        raise PipelineError(str(e).lstrip(".")) from None
+    if cfg.lock_timeout < 0 and cfg.lock_timeout != -1:
+        raise PipelineError(f"lock_timeout={cfg.lock_timeout}: must be >= 0 (seconds) or -1 (wait as long as it takes)")
+    if cfg.model:
+        from alignment.model.config import config_from_dict
+
+        try:
+            config_from_dict(OmegaConf.to_container(cfg.model, resolve=True), source="model")
+        except (KeyError, ValueError, TypeError) as e:
+            raise PipelineError(one_line(e.args[0] if isinstance(e, KeyError) and e.args else str(e))) from None
+
+
+def _check_path_input(path: Path, where: str, order: list[str]) -> None:
+    """An explicit path input must exist; a folder must not be empty, and a model folder must be complete."""
+    if not path.exists():
+        raise PipelineError(f"{where}: '{path}' is neither a stage of this pipeline ({order}) nor an existing path")
+    if path.is_dir():
+        from alignment.checkpoints import check_model_dir
+
+        if not any(path.iterdir()):
+            raise PipelineError(f"{where}: {path} is an empty folder")
+        if (path / "config.json").exists() or any(path.glob("*.safetensors")):
+            try:
+                check_model_dir(path, where)
+            except DataError as e:
+                raise PipelineError(str(e)) from None
+
+
+def preflight(planned: list["_Planned"], selected: set[str]) -> None:
+    """Files the selected stages' configs name (data sources, eval sets, prompts) must exist.
+
+    Config-only and cheap: the rows themselves are checked by the readers, when the stage reads them,
+    before it writes anything."""
+    for p in planned:
+        if p.name in selected:
+            _check_paths(p.cfg, f"stage.{p.name}")
+
+
+_PATH_FIELDS = ("path", "extra_paths", "tokenizer_path")
+
+
+def _check_paths(obj: Any, where: str) -> None:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        for f in dataclasses.fields(obj):
+            value, key = getattr(obj, f.name), f"{where}.{f.name}"
+            if f.name in _PATH_FIELDS:
+                for i, v in enumerate(value if isinstance(value, list) else [value]):
+                    if isinstance(v, str) and v and ":" not in v.split("/")[0] and not Path(v).exists():
+                        raise PipelineError(f"{key}{f'[{i}]' if isinstance(value, list) else ''}: {v} does not exist")
+            else:
+                _check_paths(value, key)
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            _check_paths(v, f"{where}[{i}]")
 
 
 def _resolve_inputs(p: _Planned, manifest: Manifest, order: list[str]) -> tuple[dict[str, InputArtifact], dict[str, str]]:
@@ -265,6 +380,12 @@ def _resolve_inputs(p: _Planned, manifest: Manifest, order: list[str]) -> tuple[
         if src in order:
             entry = manifest.entry(src)
             if not manifest.outputs_intact(src):
+                changed = manifest.changed_output(src)
+                if changed is not None:
+                    raise PipelineError(
+                        f"stage '{p.name}' needs input '{inp}' from stage '{src}', whose output '{changed}' "
+                        f"({manifest.run_dir / src / entry['outputs'][changed]}) is missing or changed since it "
+                        f"completed; rerun it (stages=[{src},{p.name}] force=[{src}])")
                 state = entry.get("status", "missing") if entry else "not run"
                 raise PipelineError(
                     f"stage '{p.name}' needs input '{inp}' from stage '{src}', which is {state} in "
@@ -284,11 +405,27 @@ def _resolve_inputs(p: _Planned, manifest: Manifest, order: list[str]) -> tuple[
 
 
 def run_pipeline(cfg: DictConfig) -> dict[str, dict]:
-    """Run the recipe; returns the manifest's stage entries. Raises PipelineError on user errors."""
+    """Run the recipe; returns the manifest's stage entries.
+
+    Raises a :class:`alignment.errors.UserError` (``PipelineError``, ``DataError``, ...) for a bad
+    config, input or data file, a locked run directory: the config is checked before the run
+    directory is touched, and a stage that stops on a user error leaves its folder, its manifest
+    entry and ``config.yaml`` as they were. One process at a time works on a run directory
+    (:func:`alignment.artifacts.run_lock`)."""
     run_dir = Path(cfg.run_dir)
     planned = plan(cfg)
+    order = [p.name for p in planned]
+    selected = set(order if cfg.stages is None else cfg.stages)  # stages=[] only writes config.yaml
+    preflight(planned, selected)
     check_run_dir_writable(run_dir)
-    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
+    with run_lock(run_dir, float(cfg.lock_timeout), command=" ".join(["yialign", *sys.argv[1:]])), \
+            row_limit(int(cfg.max_row_bytes)):
+        return _run_locked(cfg, planned, run_dir, order, selected)
+
+
+def _run_locked(cfg: DictConfig, planned: list[_Planned], run_dir: Path, order: list[str], selected: set[str]) -> dict[str, dict]:
+    for stale in run_dir.glob(".*.prev-*"):  # stage folders set aside by a run that was killed
+        shutil.rmtree(stale, ignore_errors=True)
     manifest = Manifest(run_dir)
     device = resolve_device(cfg.device)
     if device == "cpu" and cfg.cpu_threads > 0:
@@ -296,57 +433,107 @@ def run_pipeline(cfg: DictConfig) -> dict[str, dict]:
 
         torch.set_num_threads(cfg.cpu_threads)
         os.environ["OMP_NUM_THREADS"] = str(cfg.cpu_threads)  # worker processes the stages start
-    order = [p.name for p in planned]
-    selected = set(order if cfg.stages is None else cfg.stages)  # stages=[] only writes config.yaml
+    config_path = run_dir / "config.yaml"
+    old_config = config_path.read_bytes() if config_path.exists() else None
+    atomic_write_text(config_path, OmegaConf.to_yaml(cfg))
     print(f"yialign: pipeline {cfg.pipeline.name} -> {run_dir} ({len(planned)} stages, device {device})", flush=True)
 
-    for i, p in enumerate(planned, 1):
-        tag = f"[{i}/{len(planned)}] {p.name}"
-        if p.name not in selected:
-            print(f"{tag}: not selected", flush=True)
-            continue
-        artifacts, input_hashes = _resolve_inputs(p, manifest, order)
-        entry = manifest.entry(p.name) or {}
-        same = entry.get("config_hash") == p.config_hash and entry.get("input_hashes") == input_hashes
-        if same and p.name not in cfg.force and manifest.outputs_intact(p.name):
-            print(f"{tag}: cached (config and inputs unchanged)", flush=True)
-            continue
-        stage_dir = run_dir / p.name
-        resuming = same and entry.get("status") in ("running", "failed") and stage_dir.exists()
-        if not resuming and stage_dir.exists():
-            shutil.rmtree(stage_dir)  # changed config or inputs: start the stage afresh
-        stage_dir.mkdir(parents=True, exist_ok=True)
-        print(f"{tag}: {'resuming' if resuming else 'running'} ({p.fn.__module__}.{p.fn.__name__})", flush=True)
-        manifest.update(p.name, status="running", config_hash=p.config_hash, input_hashes=input_hashes,
-                        inputs=p.inputs, outputs={}, output_hashes={}, metrics={}, started=time.time())
-        ctx = StageContext(name=p.name, run_dir=run_dir, stage_dir=stage_dir, inputs=artifacts,
-                           root=cfg, device=device, seed=int(cfg.seed))
-        t0 = time.perf_counter()
-        try:
-            result = launch_accelerate(p, run_dir) if p.launch.get("config_file") else p.fn(p.cfg, ctx)
-        except BaseException as e:
-            manifest.update(p.name, status="failed", error=f"{type(e).__name__}: {e}",
-                            wall_time_s=round(time.perf_counter() - t0, 2))
-            raise
-        wall = time.perf_counter() - t0
-        if not isinstance(result, StageResult):
-            raise PipelineError(f"stage '{p.name}': runner returned {type(result).__name__}, not StageResult")
-        outputs, hashes = {}, {}
-        for key, rel in result.outputs.items():
-            path = (stage_dir / rel).resolve()
-            if not path.is_relative_to(stage_dir.resolve()) or not path.exists():
-                raise PipelineError(f"stage '{p.name}': output '{key}' ({rel}) is missing or outside {stage_dir}")
-            outputs[key] = str(path.relative_to(stage_dir.resolve()))
-            hashes[key] = content_hash(path)
-        manifest.update(p.name, status="completed", outputs=outputs, output_hashes=hashes,
-                        metrics=result.metrics, wall_time_s=round(wall, 2), finished=time.time(), error=None)
-        print(f"{tag}: done in {wall:.1f}s  {format_metrics(result.metrics)}", flush=True)
+    ran = 0
+    try:
+        for i, p in enumerate(planned, 1):
+            tag = f"[{i}/{len(planned)}] {p.name}"
+            if p.name not in selected:
+                print(f"{tag}: not selected", flush=True)
+                continue
+            artifacts, input_hashes = _resolve_inputs(p, manifest, order)
+            entry = manifest.entry(p.name) or {}
+            same = entry.get("config_hash") == p.config_hash and entry.get("input_hashes") == input_hashes
+            if same and p.name not in cfg.force and manifest.outputs_intact(p.name):
+                print(f"{tag}: cached (config and inputs unchanged)", flush=True)
+                if not cfg.keep_checkpoints:
+                    _prune(run_dir / p.name)
+                continue
+            _run_stage(cfg, p, tag, manifest, artifacts, input_hashes, same, device)
+            ran += 1
+    except UserError:
+        if ran == 0:  # nothing of this invocation stays: neither does its config.yaml
+            if old_config is None:
+                config_path.unlink(missing_ok=True)
+            elif config_path.read_bytes() != old_config:
+                from alignment.artifacts import atomic_write_bytes
+
+                atomic_write_bytes(config_path, old_config)
+        raise
 
     print(stage_table(manifest, order), flush=True)
     if planned:
         md, page = write_report(run_dir, order, title=f"{cfg.pipeline.name}: {cfg.pipeline.description}".rstrip(": "))
         print(f"report: {md} and {page}", flush=True)
     return manifest.stages
+
+
+def _prune(stage_dir: Path) -> None:
+    """A finished stage keeps its outputs, not its trainer checkpoints (only a resume reads those)."""
+    shutil.rmtree(stage_dir / "checkpoints", ignore_errors=True)
+
+
+def _run_stage(cfg: DictConfig, p: _Planned, tag: str, manifest: Manifest, artifacts: dict[str, InputArtifact],
+               input_hashes: dict[str, str], same: bool, device: str) -> None:
+    """Run one stage and record it. A user error puts its folder and manifest entry back as they were;
+    any other exception records it as failed (a rerun with the same config resumes it)."""
+    import copy
+
+    run_dir = manifest.run_dir
+    stage_dir = run_dir / p.name
+    entry = manifest.entry(p.name) or {}
+    previous = copy.deepcopy(manifest.entry(p.name))
+    resuming = same and entry.get("status") in ("running", "failed") and stage_dir.exists()
+    aside = None
+    if not resuming and stage_dir.exists():
+        # changed config or inputs: the stage starts afresh; its old folder waits aside until it
+        # either completes (then it is deleted) or stops on a user error (then it comes back)
+        aside = run_dir / f".{p.name}.prev-{os.getpid()}"
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(stage_dir, aside)
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    print(f"{tag}: {'resuming' if resuming else 'running'} ({p.fn.__module__}.{p.fn.__name__})", flush=True)
+    manifest.update(p.name, status="running", config_hash=p.config_hash, input_hashes=input_hashes,
+                    inputs=p.inputs, outputs={}, output_hashes={}, metrics={}, started=time.time())
+    ctx = StageContext(name=p.name, run_dir=run_dir, stage_dir=stage_dir, inputs=artifacts,
+                       root=cfg, device=device, seed=int(cfg.seed))
+    t0 = time.perf_counter()
+    try:
+        result = launch_accelerate(p, run_dir) if p.launch.get("config_file") else p.fn(p.cfg, ctx)
+        if not isinstance(result, StageResult):
+            raise StageFailed(f"stage '{p.name}': runner returned {type(result).__name__}, not StageResult")
+        outputs, hashes = {}, {}
+        for key, rel in result.outputs.items():
+            path = (stage_dir / rel).resolve()
+            if not path.is_relative_to(stage_dir.resolve()) or not path.exists():
+                raise StageFailed(f"stage '{p.name}': output '{key}' ({rel}) is missing or outside {stage_dir}")
+            outputs[key] = str(path.relative_to(stage_dir.resolve()))
+            hashes[key] = content_hash(path)
+    except UserError:
+        if not resuming:
+            shutil.rmtree(stage_dir, ignore_errors=True)
+            if aside is not None:
+                os.replace(aside, stage_dir)
+        manifest.restore(p.name, previous)
+        raise
+    except BaseException as e:
+        manifest.update(p.name, status="failed", error=f"{type(e).__name__}: {e}",
+                        wall_time_s=round(time.perf_counter() - t0, 2))
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
+        raise
+    wall = time.perf_counter() - t0
+    manifest.update(p.name, status="completed", outputs=outputs, output_hashes=hashes,
+                    metrics=result.metrics, wall_time_s=round(wall, 2), finished=time.time(), error=None)
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+    if not cfg.keep_checkpoints:
+        _prune(stage_dir)
+    print(f"{tag}: done in {wall:.1f}s  {format_metrics(result.metrics)}", flush=True)
 
 
 # --------------------------------------------------------------------------- entry point
@@ -362,8 +549,54 @@ def compose(overrides: list[str] | None = None, config_name: str = "config") -> 
         return hydra_compose(config_name=config_name, overrides=overrides or [])
 
 
+def explain_compose_error(e: Exception, args: list[str]) -> str:
+    """One line for a Hydra/OmegaConf composition error, naming the override and what would work.
+
+    A misspelled group option lists the group's options; a value of the wrong type says why; an
+    unknown key lists the known keys of the block it was meant for (the same message ``plan`` gives
+    for a recipe), instead of Hydra's "use +key" hint."""
+    import re
+
+    from hydra.errors import MissingConfigException, OverrideParseException
+
+    if isinstance(e, MissingConfigException) and getattr(e, "options", None) is not None:
+        group, _, name = str(getattr(e, "missing_cfg_file", "")).rpartition("/")
+        if group:
+            return f"{group}={name}: no such option in config group '{group}'; choose one of: {', '.join(e.options)}"
+    if isinstance(e, OverrideParseException):
+        return f"{e.override}: cannot parse this override ({one_line(e.message).split('; See')[0]})"
+    cause = e.__cause__
+    cause_msg = str(getattr(cause, "msg", None) or cause).strip().splitlines()[0] if cause else ""
+    m = re.match(r"Error merging override (.+)", str(e))
+    if m and cause is not None:
+        return f"{m.group(1)}: {cause_msg}"
+    m = re.match(r"Could not override '([^']+)'", str(e))
+    if m:
+        key = m.group(1)
+        override = next((a for a in args if a.split("=", 1)[0].lstrip("~+") == key), f"{key}=...")
+        top = key.split(".")[0]
+        if "." not in key:
+            known = ", ".join(f.name for f in dataclasses.fields(RootConfig))
+            return f"{key}: unknown key; known top-level keys: {known} (stage fields are stage.<name>.<field>)"
+        # compose again with the key added, only to let plan() name the block and its known keys
+        try:
+            cfg = compose([("+" + a if a == override else a) for a in args])
+            if top == "stage" and key.split(".")[1] not in cfg.pipeline.order:
+                return f"{key}: '{key.split('.')[1]}' is not a stage of pipeline {cfg.pipeline.name} (its stages: {', '.join(cfg.pipeline.order)})"
+            plan(cfg)
+        except (UserError, Exception) as again:  # noqa: BLE001  only its message is used
+            if isinstance(again, UserError) and key in str(again) or (top == "model" and isinstance(again, UserError)):
+                return one_line(str(again))
+        return f"{key}: unknown key ({cause_msg}); add it anyway with +{override}"
+    return one_line(str(e))
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``yialign``: compose recipes/config.yaml with the command-line overrides and run it."""
+    """``yialign``: compose recipes/config.yaml with the command-line overrides and run it.
+
+    Exit status: 0 done; 2 a user error (config, data, inputs, run directory), printed as one line
+    with nothing of the failed stage left behind; 1 a stage crashed (its traceback, or one line when
+    it ran under accelerate); a rerun resumes it."""
     from hydra.errors import HydraException
 
     args = sys.argv[1:] if argv is None else argv
@@ -380,9 +613,15 @@ def main(argv: list[str] | None = None) -> int:
             print(OmegaConf.to_yaml(cfg))
             return 0
         run_pipeline(cfg)
-    except (PipelineError, HydraException, OmegaConfBaseException) as e:
-        print(f"yialign: error: {e}", file=sys.stderr)
+    except (HydraException, OmegaConfBaseException) as e:
+        print(f"yialign: error: {explain_compose_error(e, args)}", file=sys.stderr)
         return 2
+    except UserError as e:
+        print(f"yialign: error: {one_line(str(e))}", file=sys.stderr)
+        return 2
+    except StageFailed as e:
+        print(f"yialign: error: {one_line(str(e))}", file=sys.stderr)
+        return 1
     return 0
 
 

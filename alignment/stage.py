@@ -17,7 +17,6 @@ Rules a stage follows:
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,7 +52,9 @@ class InputArtifact:
         if key is None or not self.outputs:
             return self.dir
         if key not in self.outputs:
-            raise KeyError(
+            from alignment.errors import MissingInputError
+
+            raise MissingInputError(
                 f"input '{self.name}' ({self.dir}) has no output '{key}'; it has {sorted(self.outputs)}"
             )
         return self.outputs[key]
@@ -92,19 +93,21 @@ class StageContext:
 
     def input(self, name: str, key: str | None = None) -> Path:
         if name not in self.inputs:
-            raise KeyError(f"stage '{self.name}' has no input '{name}'; its inputs are {sorted(self.inputs)}")
+            from alignment.errors import MissingInputError
+
+            raise MissingInputError(
+                f"stage '{self.name}' needs input '{name}', which stage.{self.name}.inputs does not set "
+                f"(it sets {sorted(self.inputs)}); set stage.{self.name}.inputs.{name} to a stage name or a path")
         return self.inputs[name].path(key)
 
     def last_checkpoint(self) -> str | None:
-        """Newest ``checkpoint-<step>`` folder in ``checkpoint_dir`` (HF Trainer layout), or None."""
-        if not self.checkpoint_dir.is_dir():
-            return None
-        steps = []
-        for p in self.checkpoint_dir.iterdir():
-            m = re.fullmatch(r"checkpoint-(\d+)", p.name)
-            if m and p.is_dir() and (p / "trainer_state.json").exists():
-                steps.append((int(m.group(1)), p))
-        return str(max(steps)[1]) if steps else None
+        """Newest intact ``checkpoint-<step>`` folder in ``checkpoint_dir`` (HF Trainer layout), or None.
+
+        A newer checkpoint whose weights or trainer state are broken is skipped with a warning
+        (``alignment.checkpoints.last_good_checkpoint``)."""
+        from alignment.checkpoints import last_good_checkpoint
+
+        return last_good_checkpoint(self.checkpoint_dir)
 
     def tmp_dir(self, key: str) -> Path:
         """A fresh temp folder inside the stage dir for building output ``key``; see :meth:`publish`."""

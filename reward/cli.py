@@ -32,6 +32,8 @@ RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 
 def _parser() -> argparse.ArgumentParser:
+    from alignment.artifacts import DEFAULT_MAX_ROW_BYTES
+
     p = argparse.ArgumentParser(prog="yialign-reward", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     tr = sub.add_parser("train", help="train the reward model: the pipeline's reward stage (two phases)")
@@ -56,17 +58,33 @@ def _parser() -> argparse.ArgumentParser:
     ins.add_argument("--max-length", type=int, default=4096, help="longer sequences keep their last tokens")
     ins.add_argument("--show", type=int, default=10, help="prompts printed as tables (all go to table.txt)")
     ins.add_argument("--seed", type=int, default=0)
+    ins.add_argument("--max-row-bytes", type=int, default=DEFAULT_MAX_ROW_BYTES,
+                     help=f"longest JSONL line accepted, in bytes (default: {DEFAULT_MAX_ROW_BYTES})")
     return p
+
+
+def _check_args(args) -> None:
+    """Sizes and counts must be positive: a clear error now, not a crash after loading the model."""
+    from alignment.errors import UserError
+
+    for flag in ("n", "max_new_tokens", "limit", "batch_size", "max_length", "max_row_bytes"):
+        value = getattr(args, flag)
+        if value is not None and value <= 0:
+            raise UserError(f"--{flag.replace('_', '-')}={value}: must be > 0")
+    if args.temperature < 0 or args.show < 0 or args.seed < 0:
+        bad = next(f for f in ("temperature", "show", "seed") if getattr(args, f) < 0)
+        raise UserError(f"--{bad}={getattr(args, bad)}: must be >= 0")
 
 
 def _sampled_candidates(args) -> list[dict]:
     from omegaconf import OmegaConf
 
+    from alignment.errors import DataError, UserError
     from alignment.sampling import SamplingParams, build_sampler
     from reward.inspect import sample_candidates
 
     if not args.policy:
-        raise SystemExit("--prompts/--problems need --policy (the checkpoint that samples the candidates)")
+        raise UserError("--prompts/--problems need --policy (the checkpoint that samples the candidates)")
     problems = None
     if args.problems:
         from synth.problems import load_problems
@@ -77,23 +95,26 @@ def _sampled_candidates(args) -> list[dict]:
     else:
         from synth.problems import Problem
 
+        from alignment.artifacts import iter_jsonl
+        from reward.inspect import _check_prompt, _problem
+
         prompts, problems = [], []
-        with open(args.prompts, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                row = json.loads(line)
-                if "prompt" not in row:
-                    raise SystemExit(f"{args.prompts}:{lineno}: missing key 'prompt'")
-                prompts.append(row["prompt"])
-                problems.append(Problem.from_dict(row["problem"]) if row.get("problem") else None)
-                if args.limit is not None and len(prompts) >= args.limit:
-                    break
+        for where, row in iter_jsonl(args.prompts):
+            if not isinstance(row, dict) or "prompt" not in row:
+                raise DataError(f"{where}: missing key 'prompt' (a row is {{\"prompt\": ..., \"problem\": ...}})")
+            _check_prompt(row["prompt"], where)
+            prompts.append(row["prompt"])
+            problem = _problem(row, where)
+            problems.append(Problem.from_dict(problem) if problem else None)
+            if args.limit is not None and len(prompts) >= args.limit:
+                break
+        if not prompts:
+            raise DataError(f"{args.prompts}: no prompts")
         if not any(problems):
             problems = None
     yaml_path = Path(args.sampler) if args.sampler.endswith((".yaml", ".yml")) else RECIPES / "sampler" / f"{args.sampler}.yaml"
     if not yaml_path.is_file():
-        raise SystemExit(f"--sampler: no sampler recipe {yaml_path}")
+        raise UserError(f"--sampler: no sampler recipe {yaml_path}")
     sampler = build_sampler(OmegaConf.load(yaml_path), args.policy, device=args.device)
     params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
     return sample_candidates(sampler, prompts, args.n, params, problems=problems,
@@ -120,6 +141,8 @@ def inspect_command(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from alignment.errors import UserError, one_line
+
     args = _parser().parse_args(argv)
     try:
         if args.command == "train":
@@ -128,9 +151,13 @@ def main(argv: list[str] | None = None) -> int:
 
             return pipeline_main(["stages=[reward]", *args.overrides])
         if args.command == "inspect":
-            inspect_command(args)
-    except (FileNotFoundError, ValueError) as e:  # bad input: one clear line, no traceback
-        print(f"yialign-reward: error: {e}", file=sys.stderr)
+            from alignment.artifacts import row_limit
+
+            _check_args(args)
+            with row_limit(args.max_row_bytes):
+                inspect_command(args)
+    except (UserError, FileNotFoundError, ValueError) as e:  # bad input: one clear line, no traceback
+        print(f"yialign-reward: error: {one_line(str(e))}", file=sys.stderr)
         return 2
     return 0
 

@@ -31,6 +31,7 @@ from typing import Any, Sequence
 
 from tqdm.auto import tqdm
 
+from alignment.errors import MissingFileError
 from reward.pairs import PairFormatError, normalize_pair, prompt_key, prompt_text
 
 __all__ = ["load_candidates", "verify_candidates", "sample_candidates", "score_candidates", "summarize",
@@ -47,44 +48,74 @@ def _candidate(prompt, response: str, **extra: Any) -> dict:
             "problem": extra.get("problem")}
 
 
+def _check_prompt(prompt: Any, where: str) -> None:
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise PairFormatError(f"{where}: key 'prompt' is empty")
+        return
+    if not (isinstance(prompt, list) and prompt and all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in prompt)):
+        raise PairFormatError(f"{where}: key 'prompt' must be a string or a list of {{role, content}} messages "
+                              f"(strings), got {type(prompt).__name__}")
+
+
 def load_candidates(path: str | Path) -> list[dict]:
-    """Read candidate rows and/or pair rows from a JSONL file (see the module docstring)."""
+    """Read candidate rows and/or pair rows from a JSONL file (see the module docstring).
+
+    Every problem is an :class:`alignment.errors.DataError` naming the file and line: invalid UTF-8 or
+    JSON, a line over the row-size limit (``alignment.artifacts.max_row_bytes``), a missing key or a
+    value of the wrong type."""
+    from alignment.artifacts import iter_jsonl
+
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"candidates file {path} does not exist")
+        raise MissingFileError(f"candidates file {path} does not exist")
     out: list[dict] = []
     n_pairs = 0
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise PairFormatError(f"{where}: invalid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise PairFormatError(f"{where}: a row must be a JSON object")
-            if "chosen" in row or "rejected" in row:
-                p = normalize_pair(row, where, path.stem)
-                for label in ("chosen", "rejected"):
-                    out.append(_candidate(p["prompt"], p[label], source=row.get("source") or label, label=label,
-                                          pair=n_pairs, problem=row.get("problem")))
-                n_pairs += 1
-                continue
-            for key in ("prompt", "response"):
-                if key not in row:
-                    raise PairFormatError(f"{where}: missing key '{key}' (a candidate row needs prompt and "
-                                          f"response; a pair row needs chosen and rejected)")
-            if not isinstance(row["response"], str):
-                raise PairFormatError(f"{where}: key 'response' must be a string")
-            if row.get("passed") is not None and not isinstance(row["passed"], bool):
-                raise PairFormatError(f"{where}: key 'passed' must be true, false or null")
-            out.append(_candidate(row["prompt"], row["response"], **{k: row.get(k) for k in (
-                "source", "passed", "verifier_score", "detail", "problem")}))
+    for where, row in iter_jsonl(path):
+        if not isinstance(row, dict):
+            raise PairFormatError(f"{where}: a row must be a JSON object")
+        if "chosen" in row or "rejected" in row:
+            p = normalize_pair(row, where, path.stem)
+            for label in ("chosen", "rejected"):
+                out.append(_candidate(p["prompt"], p[label], source=row.get("source") or label, label=label,
+                                      pair=n_pairs, problem=_problem(row, where)))
+            n_pairs += 1
+            continue
+        for key in ("prompt", "response"):
+            if key not in row:
+                raise PairFormatError(f"{where}: missing key '{key}' (a candidate row needs prompt and "
+                                      f"response; a pair row needs chosen and rejected)")
+        _check_prompt(row["prompt"], where)
+        if not isinstance(row["response"], str):
+            raise PairFormatError(f"{where}: key 'response' must be a string")
+        if row.get("passed") is not None and not isinstance(row["passed"], bool):
+            raise PairFormatError(f"{where}: key 'passed' must be true, false or null")
+        if row.get("verifier_score") is not None and not isinstance(row["verifier_score"], (int, float)):
+            raise PairFormatError(f"{where}: key 'verifier_score' must be a number or null")
+        if row.get("source") is not None and not isinstance(row["source"], str):
+            raise PairFormatError(f"{where}: key 'source' must be a string")
+        out.append(_candidate(row["prompt"], row["response"], **{k: row.get(k) for k in (
+            "source", "passed", "verifier_score", "detail")}, problem=_problem(row, where)))
     if not out:
         raise PairFormatError(f"{path}: no candidates")
     return out
+
+
+def _problem(row: dict, where: str) -> dict | None:
+    """The row's ``problem`` (a ``synth.problems.Problem`` dict), checked so the verifier can use it."""
+    problem = row.get("problem")
+    if problem is None:
+        return None
+    if not isinstance(problem, dict):
+        raise PairFormatError(f"{where}: key 'problem' must be an object (a synth problem) or null")
+    from synth.problems import Problem
+
+    try:
+        Problem.from_dict(problem)
+    except (TypeError, KeyError, ValueError) as e:
+        raise PairFormatError(f"{where}: key 'problem' is not a synth problem ({e})") from None
+    return problem
 
 
 def verify_candidates(cands: list[dict]) -> int:

@@ -42,19 +42,24 @@ import random
 from pathlib import Path
 from typing import Any, Iterable
 
+from alignment.artifacts import iter_jsonl, read_text
+from alignment.errors import DataError, MissingFileError
+
 __all__ = ["load_pairs", "reference_pairs", "normalize_pair", "curate_pairs", "split_by_prompt", "prompt_key", "prompt_text"]
 
 Prompt = str | list[dict[str, str]]
 
 
-class PairFormatError(ValueError):
+class PairFormatError(DataError):
     """A pair row that cannot be used; the message names the source, the row and the key."""
 
 
 def _messages(value: Any, where: str, key: str) -> list[dict[str, str]]:
-    if not isinstance(value, list) or not all(isinstance(m, dict) and "role" in m and "content" in m for m in value):
-        raise PairFormatError(f"{where}: key '{key}' must be a string or a list of {{role, content}} messages")
-    return [{"role": str(m["role"]), "content": str(m["content"])} for m in value]
+    if not isinstance(value, list) or not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value):
+        raise PairFormatError(f"{where}: key '{key}' must be a string or a list of {{role, content}} messages "
+                              f"(strings), got {type(value).__name__}")
+    return [{"role": m["role"], "content": m["content"]} for m in value]
 
 
 def _answer(value: Any, where: str, key: str) -> tuple[list[dict[str, str]], str]:
@@ -121,7 +126,7 @@ def normalize_pair(row: dict, where: str, source: str) -> dict:
 def _read_json_rows(path: Path) -> Iterable[tuple[str, Any]]:
     if path.suffix == ".json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(read_text(path))
         except json.JSONDecodeError as e:
             raise PairFormatError(f"{path}: invalid JSON ({e.msg} at line {e.lineno})") from None
         if isinstance(data, dict):  # {"data": [...]} / {"train": [...]}
@@ -134,14 +139,7 @@ def _read_json_rows(path: Path) -> Iterable[tuple[str, Any]]:
         for i, row in enumerate(data):
             yield f"{path}[{i}]", row
         return
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield f"{path}:{lineno}", json.loads(line)
-            except json.JSONDecodeError as e:
-                raise PairFormatError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
+    yield from iter_jsonl(path)  # bad UTF-8, JSON or an over-long line raise naming the file and line
 
 
 def _wrong_answer(answer: str, rng: random.Random) -> str:
@@ -201,8 +199,8 @@ def load_pairs(spec: str | Path, split: str = "train", limit: int | None = None,
     """
     if str(spec).startswith("problems:"):
         parts = str(spec).split(":")
-        if len(parts) > 4 or not parts[1]:
-            raise PairFormatError(f"pair source {spec!r}: expected problems:<source>[:<split>[:<n>]]")
+        if len(parts) > 4 or not parts[1] or (len(parts) > 3 and not (parts[3].isdigit() and int(parts[3]) > 0)):
+            raise PairFormatError(f"pair source {spec!r}: expected problems:<source>[:<split>[:<n>]] (n a positive count)")
         n = int(parts[3]) if len(parts) > 3 else (limit or 1000)
         rows = reference_pairs(parts[1], parts[2] if len(parts) > 2 else "train", n=n)
         return rows[:limit] if limit is not None else rows
@@ -225,7 +223,7 @@ def load_pairs(spec: str | Path, split: str = "train", limit: int | None = None,
         raw = ((f"{path}[{i}]", r) for i, r in enumerate(ds))
         source = path.name
     elif path.suffix in (".jsonl", ".json") or str(spec).startswith((".", "/")):
-        raise FileNotFoundError(f"preference data {spec} does not exist")
+        raise MissingFileError(f"preference data {spec} does not exist")
     else:
         import datasets
 

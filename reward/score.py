@@ -74,9 +74,9 @@ class RewardScorer:
         import alignment.model  # noqa: F401  (registers the yi_lightning model type with the Auto classes)
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        path = Path(path)
-        if not (path / "config.json").exists():
-            raise FileNotFoundError(f"{path} is not a saved reward model (no config.json)")
+        from alignment.checkpoints import check_model_dir
+
+        path = check_model_dir(path, "reward model")
         if dtype is None or dtype == "auto":
             dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
         elif isinstance(dtype, str):

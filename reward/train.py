@@ -31,9 +31,9 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
-from transformers.trainer_utils import get_last_checkpoint
 from trl import RewardConfig, RewardTrainer
 
+from alignment.checkpoints import last_good_checkpoint
 from alignment.train.losses import bradley_terry_loss
 from reward.score import encode_conversation
 
@@ -174,9 +174,9 @@ def load_reward_model(init: str | os.PathLike, dtype: torch.dtype = torch.float3
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from trl.trainer.reward_trainer import suppress_seqcls_warning
 
-    init = Path(init)
-    if not (init / "config.json").exists():
-        raise FileNotFoundError(f"reward model init {init} is not a save_pretrained folder (no config.json)")
+    from alignment.checkpoints import check_model_dir
+
+    init = check_model_dir(init, "reward model init")
     with suppress_seqcls_warning():
         model = AutoModelForSequenceClassification.from_pretrained(init, num_labels=1, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(init)
@@ -264,7 +264,7 @@ def train_phase(model, tokenizer, train_pairs: list[dict], eval_pairs: list[dict
     )
     trainer = BradleyTerryTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                                   processing_class=tokenizer, peft_config=lora.build() if lora.enabled else None)
-    last = get_last_checkpoint(str(phase_dir)) if phase_dir.is_dir() else None
+    last = last_good_checkpoint(phase_dir)
     out = trainer.train(resume_from_checkpoint=last)
     metrics = {"train_loss": float(out.training_loss), "steps": int(out.global_step),
                "train_pairs": fits, "dropped_long_pairs": len(train_ds) - fits}

@@ -41,6 +41,13 @@ def _runner(target: str):
     return fn, schema
 
 
+def _user_error(e: Exception) -> typing.NoReturn:
+    from alignment.errors import one_line
+
+    print(f"yialign-synth: error: {one_line(str(e))}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def run_job(cfg: DictConfig) -> dict:
     """Validate ``cfg.job`` against its runner's schema, run it into ``cfg.out_dir``; returns the result."""
     plain = OmegaConf.to_container(cfg.job, resolve=True)
@@ -57,6 +64,13 @@ def run_job(cfg: DictConfig) -> dict:
     except OmegaConfBaseException as e:
         known = ", ".join(f.name for f in dataclasses.fields(schema))
         raise SystemExit(f"job.{getattr(e, 'full_key', '?')}: {e}\n  known keys of {schema.__qualname__}: {known}") from None
+    from alignment.errors import UserError
+    from alignment.validate import check_values
+
+    try:
+        check_values(typed, "job")
+    except UserError as e:
+        _user_error(e)
     out_dir = Path(cfg.out_dir)
     device = cfg.device
     if device == "auto":
@@ -67,7 +81,10 @@ def run_job(cfg: DictConfig) -> dict:
         name=cfg.name, run_dir=out_dir.parent, stage_dir=out_dir, root=cfg, device=device, seed=cfg.seed,
         inputs={k: InputArtifact(k, Path(v), {}, {}) for k, v in inputs.items()},
     )
-    result = fn(typed, ctx)
+    try:
+        result = fn(typed, ctx)
+    except UserError as e:  # a bad input or data file: one line, exit status 2 (as yialign)
+        _user_error(e)
     summary = {"outputs": {k: str(out_dir / v) for k, v in result.outputs.items()}, "metrics": result.metrics}
     atomic_write_json(out_dir / "result.json", summary)
     return summary

@@ -180,6 +180,9 @@ def _build_policy(model_path: str, cfg: EvalConfig, device: str):
     from alignment.sampling import build_sampler
     from synth.search.tree import chat_render
 
+    from alignment.checkpoints import check_model_dir
+
+    check_model_dir(model_path, "eval model")
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     sampler = build_sampler(dict(cfg.sampler), model_path, tokenizer=tokenizer, device=device)
     return sampler, chat_render(tokenizer) if tokenizer.chat_template else default_render

@@ -300,7 +300,9 @@ def run(cfg: SynthConfig, ctx: StageContext) -> StageResult:
     """Stage runner: the policy checkpoint comes from ``ctx.input("policy", "model")``."""
     problems = build_problems(list(cfg.problems))
     if cfg.policy == "checkpoint":
-        model_path = str(ctx.input("policy", "model"))
+        from alignment.checkpoints import check_model_dir
+
+        model_path = str(check_model_dir(ctx.input("policy", "model"), f"stage '{ctx.name}' input 'policy'"))
         policy = PolicySpec("checkpoint", model_path=model_path, sampler=dict(cfg.sampler), device=cfg.device or ctx.device)
     else:
         policy = PolicySpec(cfg.policy, p_correct=cfg.reference_p_correct, problems=[p.to_dict() for p in problems])

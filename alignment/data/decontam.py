@@ -149,7 +149,9 @@ def build_index(spec: DecontamSpec) -> NgramIndex:
         index.add(humaneval_texts(), "humaneval")
     for path in spec.extra_paths:
         if not Path(path).exists():
-            raise FileNotFoundError(f"decontamination eval set {path} does not exist")
+            from alignment.errors import MissingFileError
+
+            raise MissingFileError(f"decontamination eval set {path} does not exist")
         index.add(jsonl_texts(path), f"heldout:{Path(path).name}")
     return index
 

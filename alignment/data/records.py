@@ -29,27 +29,14 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from alignment.errors import BadRowError  # noqa: F401  (re-exported: raised by normalize_row)
+
 FORMATS = ("auto", "messages", "prompt_response", "alpaca")
 ROLES = ("system", "user", "assistant")
 # ShareGPT / OpenAssistant speaker names mapped onto chat roles.
 _ROLE_ALIASES = {"human": "user", "gpt": "assistant", "bot": "assistant", "model": "assistant", "prompter": "user"}
 _MESSAGE_KEYS = ("messages", "conversations", "conversation")
 _RESPONSE_KEYS = ("response", "completion", "answer", "output", "chosen")
-
-
-class BadRowError(ValueError):
-    """A row that cannot become a chat record; ``where`` is ``file:line`` (or ``file:row N``).
-
-    Args:
-        where (`str`): location, e.g. ``data/train.jsonl:17``.
-        kind (`str`): short category (``bad_json``, ``missing_messages``, ``unknown_role``,
-            ``empty_content``, ``wrong_type``, ``no_assistant``) used to count skipped rows.
-        detail (`str`): what exactly is wrong.
-    """
-
-    def __init__(self, where: str, kind: str, detail: str):
-        self.where, self.kind, self.detail = where, kind, detail
-        super().__init__(f"{where}: bad row ({kind}): {detail}")
 
 
 def _message(m: Any, i: int, where: str) -> dict[str, str]:

@@ -18,7 +18,6 @@ Try it: ``python -m alignment.data.records my.jsonl`` lists the bad rows of a fi
 
 from __future__ import annotations
 
-import gzip
 import json
 from collections import Counter
 from dataclasses import dataclass, field
@@ -27,8 +26,10 @@ from typing import Any, Iterator, Optional
 
 from omegaconf import MISSING
 
+from alignment.artifacts import iter_jsonl, read_text
 from alignment.data.builtin import LICENSES, builtin_records
 from alignment.data.records import FORMATS, BadRowError, normalize_row
+from alignment.errors import DataError, MissingFileError
 
 _MAX_BAD_EXAMPLES = 5
 
@@ -93,16 +94,8 @@ class LoadedSource:
 
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                yield where, json.loads(line)
-            except json.JSONDecodeError as e:
-                yield where, BadRowError(where, "bad_json", f"invalid JSON ({e.msg} at column {e.colno})")
+    # bad lines (encoding, size, JSON) come back as BadRowError rows: load_source raises or skips them
+    yield from iter_jsonl(path, bad="yield")
 
 
 def _iter_table(rows: Any, label: str) -> Iterator[tuple[str, Any]]:
@@ -120,7 +113,7 @@ def _iter_rows(spec: SourceSpec) -> Iterator[tuple[str, Any]]:
         return
     path = Path(spec.path)
     if not path.exists():
-        raise FileNotFoundError(f"source '{spec.name}': {path} does not exist")
+        raise MissingFileError(f"source '{spec.name}': {path} does not exist")
     name = path.name.lower()
     if path.is_dir():
         import datasets
@@ -133,7 +126,7 @@ def _iter_rows(spec: SourceSpec) -> Iterator[tuple[str, Any]]:
         yield from _iter_jsonl(path)
     elif name.endswith(".json"):
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(read_text(path))
         except json.JSONDecodeError as e:
             raise BadRowError(f"{path}:{e.lineno}", "bad_json", f"invalid JSON ({e.msg})") from None
         if not isinstance(data, list):
@@ -148,24 +141,29 @@ def _iter_rows(spec: SourceSpec) -> Iterator[tuple[str, Any]]:
 
         yield from _iter_table(datasets.Dataset.from_file(str(path)), str(path))
     else:
-        raise ValueError(f"source '{spec.name}': cannot read {path} (expected .jsonl, .json, .parquet, .arrow or a dataset folder)")
+        raise DataError(f"source '{spec.name}': cannot read {path} (expected .jsonl, .json, .parquet, .arrow or a dataset folder)")
 
 
-def load_source(spec: SourceSpec, seed: int = 0) -> LoadedSource:
+def load_source(spec: SourceSpec, seed: int = 0, allow_empty: bool = False) -> LoadedSource:
     """Read and normalise every row of ``spec``.
 
     Args:
         spec (`SourceSpec`): the source.
         seed (`int`, *optional*, defaults to `0`): seed of generated builtin sources.
+        allow_empty (`bool`, *optional*, defaults to `False`): accept a file without rows (an earlier
+            stage's output that may legitimately be empty); otherwise that is an error naming the file.
 
     Returns:
         `LoadedSource`: records tagged with ``spec.name``, plus bad-row counts.
 
     Raises:
-        BadRowError: on the first malformed row when ``spec.skip_bad_rows`` is false.
+        BadRowError: on the first malformed row (invalid JSON or UTF-8, longer than the row-size limit,
+            missing fields, wrong types) when ``spec.skip_bad_rows`` is false.
+        DataError: a file with no rows, or no usable row left after skipping.
+        MissingFileError: the path does not exist.
     """
     if spec.format not in FORMATS:
-        raise ValueError(f"source '{spec.name}': unknown format {spec.format!r}; expected one of {FORMATS}")
+        raise DataError(f"source '{spec.name}': unknown format {spec.format!r}; expected one of {FORMATS}")
     if spec.path.startswith("builtin:"):
         records = builtin_records(spec.path.split(":", 1)[1], size=spec.size, seed=seed)
         for r in records:
@@ -191,4 +189,10 @@ def load_source(spec: SourceSpec, seed: int = 0) -> LoadedSource:
             out.bad_by_kind[e.kind] += 1
             if len(out.bad_examples) < _MAX_BAD_EXAMPLES:
                 out.bad_examples.append(str(e))
+    if not allow_empty and not spec.path.startswith("hf:"):
+        if out.n_read == 0:
+            raise DataError(f"source '{spec.name}': {spec.path} has no rows")
+        if not out.records:
+            raise DataError(f"source '{spec.name}': {spec.path} has no usable row ({out.n_bad} bad rows skipped: "
+                            f"{dict(out.bad_by_kind)}; first: {out.bad_examples[0] if out.bad_examples else '-'})")
     return out

@@ -31,8 +31,9 @@ def load_model_and_tokenizer(path: str | os.PathLike, tokenizer, cfg: SamplerCon
     import alignment  # noqa: F401  (registers model_type yi_lightning with the Auto classes)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"sampler: model path {path} is not a folder (expected a save_pretrained checkpoint)")
+    from alignment.checkpoints import check_model_dir
+
+    check_model_dir(path, "sampler model", tokenizer=tokenizer is None)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=cfg.torch_dtype(device)).to(device)
     if tokenizer is None:
         tokenizer = AutoTokenizer.from_pretrained(path)

@@ -128,7 +128,8 @@ class DPOStageConfig:
 
 
 def _is_messages(value: Any) -> bool:
-    return isinstance(value, list) and all(isinstance(m, dict) and "role" in m and "content" in m for m in value)
+    return isinstance(value, list) and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value)
 
 
 def normalize_pair(row: dict, where: str) -> dict:
@@ -137,54 +138,49 @@ def normalize_pair(row: dict, where: str) -> dict:
     A string completion after a chat prompt becomes one assistant message, so the pair is
     tokenized through the chat template exactly like the prompt was at sampling time.
     """
+    from alignment.errors import DataError
+
     for key in PREFERENCE_KEYS:
         if key not in row:
-            raise ValueError(f"{where}: missing key '{key}' (a preference row needs {list(PREFERENCE_KEYS)})")
+            raise DataError(f"{where}: missing key '{key}' (a preference row needs {list(PREFERENCE_KEYS)})")
     prompt = row["prompt"]
     if not (isinstance(prompt, str) or _is_messages(prompt)) or not prompt:
-        raise ValueError(f"{where}: 'prompt' must be a non-empty string or a list of {{role, content}} messages")
+        raise DataError(f"{where}: 'prompt' must be a non-empty string or a list of {{role, content}} messages")
     out = {"prompt": prompt}
     for key in ("chosen", "rejected"):
         value = row[key]
         if isinstance(value, str):
             value = [{"role": "assistant", "content": value}] if _is_messages(prompt) else value
         elif not _is_messages(value) or isinstance(prompt, str):
-            raise ValueError(f"{where}: '{key}' must be a string, or assistant messages after a chat prompt")
+            raise DataError(f"{where}: '{key}' must be a string, or assistant messages after a chat prompt")
         out[key] = value
     if out["chosen"] == out["rejected"]:
-        raise ValueError(f"{where}: 'chosen' and 'rejected' are identical")
+        raise DataError(f"{where}: 'chosen' and 'rejected' are identical")
     return out
 
 
 def read_preference_jsonl(path: str | Path, max_pairs: int | None = None) -> list[dict]:
-    """Read and validate a preference JSONL; errors name the file and the line."""
+    """Read and validate a preference JSONL; errors (:class:`alignment.errors.DataError`) name the file and line."""
+    from alignment.artifacts import iter_jsonl
+    from alignment.errors import DataError
+
     path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{path}: expected a preference JSONL file, got a folder")
     rows, kind = [], None
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
-            if not isinstance(raw, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(raw).__name__}")
-            row = normalize_pair(raw, where)
-            row_kind = "chat" if _is_messages(row["prompt"]) else "text"
-            if kind is None:
-                kind = row_kind
-            elif row_kind != kind:
-                # Arrow needs one column type; mixing would also tokenize half the pairs without the template.
-                raise ValueError(f"{where}: {row_kind} prompt in a file whose first pair has a {kind} prompt")
-            rows.append(row)
-            if max_pairs is not None and len(rows) >= max_pairs:
-                break
+    for where, raw in iter_jsonl(path):
+        if not isinstance(raw, dict):
+            raise DataError(f"{where}: expected a JSON object, got {type(raw).__name__}")
+        row = normalize_pair(raw, where)
+        row_kind = "chat" if _is_messages(row["prompt"]) else "text"
+        if kind is None:
+            kind = row_kind
+        elif row_kind != kind:
+            # Arrow needs one column type; mixing would also tokenize half the pairs without the template.
+            raise DataError(f"{where}: {row_kind} prompt in a file whose first pair has a {kind} prompt")
+        rows.append(row)
+        if max_pairs is not None and len(rows) >= max_pairs:
+            break
     if not rows:
-        raise ValueError(f"{path}: no preference pairs")
+        raise DataError(f"{path}: no preference pairs")
     return rows
 
 
@@ -400,9 +396,9 @@ def load_policy(model_dir: str | Path, device: str, dtype: str = "float32"):
     import alignment  # noqa: F401  (registers the yi_lightning model type with the Auto classes)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{model_dir}: not a model folder (no config.json)")
+    from alignment.checkpoints import check_model_dir
+
+    model_dir = check_model_dir(model_dir, "policy")
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
     except (OSError, ValueError) as e:

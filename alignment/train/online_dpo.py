@@ -57,6 +57,7 @@ import torch
 from tqdm.auto import tqdm
 
 from alignment.artifacts import atomic_replace_dir, atomic_write_json, atomic_write_jsonl, read_jsonl
+from alignment.errors import ConfigError, DataError, MissingFileError
 from alignment.safety import GuardConfig, GuardedSampler, SafetyConfig, SafetyFilter
 from alignment.sampling import Prompt, Sample, Sampler, SamplerConfig, SamplingParams
 from alignment.sampling.text import encode_prompts
@@ -197,14 +198,19 @@ def load_prompts(cfg: PromptsConfig, ctx: StageContext) -> list[PromptItem]:
         elif "prompts" in ctx.inputs:
             path = ctx.input("prompts", cfg.input_key)
         else:
-            raise ValueError("prompts: set 'source' or 'path', or give the stage an input named 'prompts'")
+            raise ConfigError("prompts: set 'source' or 'path', or give the stage an input named 'prompts'")
         if not path.is_file():
-            raise FileNotFoundError(f"prompts: {path} is not a file (expected JSONL prompts)")
+            raise MissingFileError(f"prompts: {path} is not a file (expected JSONL prompts)")
         objs, where = read_jsonl(path), str(path)
-    items = [to_prompt_item(o, i, where, cfg.chat) for i, o in enumerate(objs)]
+    try:
+        items = [to_prompt_item(o, i, where, cfg.chat) for i, o in enumerate(objs)]
+    except DataError:
+        raise
+    except (ValueError, TypeError) as e:  # a prompt row of the wrong shape: name it, no traceback
+        raise DataError(str(e)) from None
     items = items[: cfg.limit] if cfg.limit is not None else items
     if not items:
-        raise ValueError(f"{where}: no prompts")
+        raise DataError(f"{where}: no prompts")
     return items
 
 
@@ -403,7 +409,7 @@ def run_round(
     # ---- sample + score (reused when a crashed round is resumed)
     cand_file = rdir / "candidates.jsonl"
     if cand_file.is_file():
-        rows = read_jsonl(cand_file)
+        rows = read_jsonl(cand_file, max_bytes=0)  # our own file: its rows hold every sample of a prompt
     else:
         params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                                 stop=list(cfg.stop), seed=_round_seed(seed, ctx.name, round_idx))
@@ -456,10 +462,10 @@ def run_round(
                                              cfg.logprob_batch_size) if seqs else torch.zeros(0)
     ref_logps = score_seqs()
 
-    from transformers.trainer_utils import get_last_checkpoint
+    from alignment.checkpoints import last_good_checkpoint
 
     ckpt_dir = ctx.checkpoint_dir / f"round{round_idx}"
-    resume = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+    resume = last_good_checkpoint(ckpt_dir)
     metrics.update(train_dpo(model, tokenizer, pairs, cfg.train, ckpt_dir, device=ctx.device,
                              seed=_round_seed(seed, ctx.name, round_idx), resume_from=resume))
     policy_logps = score_seqs()
@@ -497,7 +503,7 @@ def run_rounds(
         done = rdir / "metrics.json"
         if done.is_file() and (rdir / "model" / "config.json").is_file():
             per_round.append(json.loads(done.read_text(encoding="utf-8")))
-            all_pairs.extend(read_jsonl(rdir / "pairs.jsonl"))
+            all_pairs.extend(read_jsonl(rdir / "pairs.jsonl", max_bytes=0))
             policy_dir = rdir / "model"
             continue
         started = time.perf_counter()

@@ -25,7 +25,7 @@ def _write(path: Path, rows) -> Path:
     "rows,error",
     [
         ([{"prompt": "p", "chosen": "a"}], r"pairs.jsonl:1: missing key 'rejected'"),
-        (['{"prompt": "p", "chosen": "a", "rejected": "b"}', "{oops"], r"pairs.jsonl:2: not valid JSON"),
+        (['{"prompt": "p", "chosen": "a", "rejected": "b"}', "{oops"], r"pairs.jsonl:2: bad row \(bad_json\): invalid JSON"),
         ([{"prompt": "p", "chosen": "same", "rejected": "same"}], r":1: 'chosen' and 'rejected' are identical"),
         ([{"prompt": "", "chosen": "a", "rejected": "b"}], r":1: 'prompt' must be a non-empty string"),
         ([{"prompt": "p", "chosen": [{"role": "assistant", "content": "a"}], "rejected": "b"}], r":1: 'chosen' must be"),

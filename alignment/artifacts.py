@@ -168,8 +168,9 @@ def iter_jsonl(path: str | os.PathLike, max_bytes: int | None = None, bad: str =
                         break
                     size += len(raw)
                 size -= raw.endswith(b"\n")
-                err = _row_error(where, "too_large", f"line is {size} bytes, over the "
-                                 f"max_row_bytes limit of {limit} (raise it with max_row_bytes=N if such rows are intended)")
+                err = _row_error(where, "too_large", f"line is {size} bytes, over the row-size limit of {limit} "
+                                 f"(if such rows are intended, raise it: yialign max_row_bytes=N, "
+                                 f"yialign-reward inspect --max-row-bytes N)")
                 if bad == "yield":
                     yield where, err
                     continue
@@ -251,6 +252,24 @@ def content_hash(path: str | os.PathLike) -> str:
             h.update(str(p.relative_to(path)).encode())
             h.update(file_hash(p).encode())
     return h.hexdigest()
+
+
+def is_timing_key(key: str) -> bool:
+    """True for a wall-clock measurement (``wall_s``, ``sample_s``, ``train_runtime``, ``*_per_second``)."""
+    return key.endswith("_s") or "runtime" in key or key.endswith("_per_second")
+
+
+def drop_timings(obj: Any) -> Any:
+    """``obj`` without its wall-clock entries (see :func:`is_timing_key`), recursively.
+
+    For the metrics files a stage publishes as outputs: their content hash feeds the next stage's
+    input hash, so a wall time in them would rerun everything downstream after an identical rerun.
+    The times stay in the manifest (the StageResult's metrics) and the report."""
+    if isinstance(obj, dict):
+        return {k: drop_timings(v) for k, v in obj.items() if not (isinstance(k, str) and is_timing_key(k))}
+    if isinstance(obj, list):
+        return [drop_timings(v) for v in obj]
+    return obj
 
 
 def config_hash(obj: Any) -> str:

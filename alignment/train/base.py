@@ -34,7 +34,7 @@ from typing import Any, Optional
 
 from omegaconf import MISSING
 
-from alignment.artifacts import atomic_write_json
+from alignment.artifacts import atomic_write_json, drop_timings
 from alignment.data.corpus import DEFAULT_SOURCES, load_corpus
 from alignment.stage import StageContext, StageResult
 
@@ -338,5 +338,6 @@ def run(cfg: BaseConfig, ctx: StageContext) -> StageResult:
         build_s=round(t_build, 2),
         wall_s=round(time.time() - t0, 2),
     )
-    atomic_write_json(ctx.stage_dir / "metrics.json", metrics)
+    # the published file holds no wall times: its hash is part of the next stage's input hash
+    atomic_write_json(ctx.stage_dir / "metrics.json", drop_timings(metrics))
     return StageResult(outputs={"model": out, "metrics": "metrics.json"}, metrics=metrics)

@@ -420,7 +420,7 @@ def save_policy(model, tokenizer, ctx: StageContext, key: str = "model") -> str:
 
 def run(cfg: DPOStageConfig, ctx: StageContext) -> StageResult:
     """Offline DPO stage: ``policy`` + ``pairs`` -> ``model``."""
-    from alignment.artifacts import atomic_write_json
+    from alignment.artifacts import atomic_write_json, drop_timings
 
     pairs_path = ctx.input("pairs", "pairs")
     pairs = read_preference_jsonl(pairs_path, cfg.max_pairs)
@@ -432,5 +432,6 @@ def run(cfg: DPOStageConfig, ctx: StageContext) -> StageResult:
     # Under a distributed launch the ranks hold the same weights after training (DDP); rank 0 writes.
     model_key = save_policy(model, tokenizer, ctx) if ctx.is_main_process else "model"
     if ctx.is_main_process:
-        atomic_write_json(ctx.stage_dir / "metrics.json", {"config": asdict(cfg), "metrics": metrics})
+        # no wall times in the published file: its hash is part of the next stage's input hash
+        atomic_write_json(ctx.stage_dir / "metrics.json", {"config": asdict(cfg), "metrics": drop_timings(metrics)})
     return StageResult(outputs={"model": model_key, "metrics": "metrics.json"}, metrics=metrics)

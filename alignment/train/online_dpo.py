@@ -56,7 +56,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from alignment.artifacts import atomic_replace_dir, atomic_write_json, atomic_write_jsonl, read_jsonl
+from alignment.artifacts import atomic_replace_dir, atomic_write_json, atomic_write_jsonl, drop_timings, read_jsonl
 from alignment.errors import ConfigError, DataError, MissingFileError
 from alignment.safety import GuardConfig, GuardedSampler, SafetyConfig, SafetyFilter
 from alignment.sampling import Prompt, Sample, Sampler, SamplerConfig, SamplingParams
@@ -528,7 +528,8 @@ def run_rounds(
         for m in per_round:
             flat.update({f"r{m['round']}/{k}": v for k, v in m.items() if isinstance(v, (int, float)) and k != "round"})
     flat["rounds"] = cfg.rounds
-    atomic_write_json(ctx.stage_dir / "metrics.json", {"config": asdict(cfg), "rounds": per_round})
+    # no wall times in the published file: its hash is part of the next stage's input hash
+    atomic_write_json(ctx.stage_dir / "metrics.json", {"config": asdict(cfg), "rounds": drop_timings(per_round)})
     outputs = {"model": str(policy_dir.relative_to(ctx.stage_dir)), "pairs": "pairs.jsonl",
                "pairs_card": "pairs.card.md", "metrics": "metrics.json"}
     return StageResult(outputs=outputs, metrics=flat)

@@ -18,12 +18,12 @@ Layout::
 from __future__ import annotations
 
 import contextlib
-import functools
 import gzip
 import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,10 +35,16 @@ MANIFEST = "manifest.json"
 # --------------------------------------------------------------------------- atomic writes
 
 
-@functools.lru_cache(maxsize=1)
 def _umask() -> int:
-    """The process umask, read once (by setting it and putting it back: there is no getter before 3.13)."""
-    mask = os.umask(0o022)
+    """The process umask: from /proc on Linux, else by setting it and putting it back (no getter before 3.13)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)
     os.umask(mask)
     return mask
 
@@ -405,15 +411,28 @@ def run_lock(run_dir: str | os.PathLike, timeout: float = 0.0, command: str | No
 
     run_dir = Path(run_dir)
     lock = FileLock(str(run_dir / LOCK_FILE))
-    try:
-        lock.acquire(timeout=timeout if timeout >= 0 else -1, poll_interval=0.2)
-    except Timeout:
+
+    def holder() -> str:
         owner = lock_owner(run_dir)
-        who = (f"pid {owner.get('pid', '?')} on {owner.get('host', '?')}, started {owner.get('started', '?')}"
-               + (f": {owner['command']}" if owner.get("command") else "")) if owner else "a process whose pid is not known yet"
+        if not owner:
+            return "a process whose pid is not known yet"
+        return (f"pid {owner.get('pid', '?')} on {owner.get('host', '?')}, started {owner.get('started', '?')}"
+                + (f": {owner['command']}" if owner.get("command") else ""))
+
+    try:
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            if timeout == 0:
+                raise
+            how_long = "as long as it takes" if timeout < 0 else f"up to {timeout:g} s"
+            print(f"yialign: run directory {run_dir} is in use by another yialign process ({holder()}); "
+                  f"waiting {how_long}", file=sys.stderr, flush=True)
+            lock.acquire(timeout=timeout if timeout > 0 else -1, poll_interval=0.2)
+    except Timeout:
         waited = f" (waited {timeout:g} s)" if timeout > 0 else ""
-        raise RunLockedError(f"run directory {run_dir} is in use by another yialign process ({who}){waited}; "
-                        f"wait for it to finish, or rerun with lock_timeout=SECONDS to wait for it") from None
+        raise RunLockedError(f"run directory {run_dir} is in use by another yialign process ({holder()}){waited}; "
+                             f"wait for it to finish, or rerun with lock_timeout=SECONDS to wait for it") from None
     try:
         import socket
 

@@ -103,6 +103,14 @@ def _iter_table(rows: Any, label: str) -> Iterator[tuple[str, Any]]:
         yield f"{label}:row {i}", row
 
 
+def _open_table(load, spec: SourceSpec, path: Path):
+    """``load()``, with a truncated or foreign Parquet/Arrow file or dataset folder reported as a DataError."""
+    try:
+        return load()
+    except (OSError, ValueError, TypeError) as e:  # pyarrow.ArrowInvalid is a ValueError; datasets raises both
+        raise DataError(f"source '{spec.name}': cannot read {path} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+
+
 def _iter_rows(spec: SourceSpec) -> Iterator[tuple[str, Any]]:
     """(where, row) pairs of a file / folder / hub source; a row that fails to parse is a BadRowError."""
     if spec.path.startswith("hf:"):
@@ -118,8 +126,10 @@ def _iter_rows(spec: SourceSpec) -> Iterator[tuple[str, Any]]:
     if path.is_dir():
         import datasets
 
-        ds = datasets.load_from_disk(str(path))
+        ds = _open_table(lambda: datasets.load_from_disk(str(path)), spec, path)
         if isinstance(ds, datasets.DatasetDict):
+            if spec.split not in ds:
+                raise DataError(f"source '{spec.name}': {path} has no split '{spec.split}' (it has {sorted(ds)})")
             ds = ds[spec.split]
         yield from _iter_table(ds, str(path))
     elif name.endswith((".jsonl", ".jsonl.gz", ".ndjson")):
@@ -135,11 +145,11 @@ def _iter_rows(spec: SourceSpec) -> Iterator[tuple[str, Any]]:
     elif name.endswith(".parquet"):
         import pyarrow.parquet as pq
 
-        yield from _iter_table(pq.read_table(path).to_pylist(), str(path))
+        yield from _iter_table(_open_table(lambda: pq.read_table(path).to_pylist(), spec, path), str(path))
     elif name.endswith(".arrow"):
         import datasets
 
-        yield from _iter_table(datasets.Dataset.from_file(str(path)), str(path))
+        yield from _iter_table(_open_table(lambda: datasets.Dataset.from_file(str(path)), spec, path), str(path))
     else:
         raise DataError(f"source '{spec.name}': cannot read {path} (expected .jsonl, .json, .parquet, .arrow or a dataset folder)")
 

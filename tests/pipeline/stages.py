@@ -18,9 +18,17 @@ class NumbersConfig:
     n: int = 10
     offset: int = 0
     delay_s: float = 0.0  # pause per row, so a test can kill the stage mid-write
+    gate: str = ""  # a file to wait for (up to 120 s) before writing, so a test controls when the stage ends
 
 
 def write_numbers(cfg: NumbersConfig, ctx: StageContext) -> StageResult:
+    if cfg.gate:
+        from pathlib import Path
+
+        end = time.time() + 120
+        while not Path(cfg.gate).exists() and time.time() < end:
+            time.sleep(0.05)
+
     def rows():
         for i in range(cfg.n):
             if cfg.delay_s:
@@ -63,8 +71,25 @@ def checkpointed_train(cfg: TrainConfig, ctx: StageContext) -> StageResult:
     return StageResult(outputs={"model": "final.json"}, metrics={"resumed_from": start})
 
 
-def test_recipe(run_dir: str, **stage_overrides) -> "OmegaConf":
-    """A three-stage recipe over the runners above, as the pipeline would compose it."""
+@dataclass
+class PickyConfig:
+    fail: bool = True
+
+
+def write_then_fail(cfg: PickyConfig, ctx: StageContext) -> StageResult:
+    """Writes a file, then (with ``fail``) stops on a user error: the pipeline must undo the file."""
+    from alignment.errors import DataError
+
+    atomic_write_json(ctx.stage_dir / "partial.json", {"half": True})
+    if cfg.fail:
+        raise DataError(f"{ctx.stage_dir / 'input.jsonl'}:3: bad row (wrong_type): for the test")
+    return StageResult(outputs={"partial": "partial.json"}, metrics={})
+
+
+def test_recipe(run_dir: str, root: dict | None = None, **stage_overrides) -> "OmegaConf":
+    """A three-stage recipe over the runners above, as the pipeline would compose it.
+
+    ``root`` sets top-level keys (``keep_checkpoints``, ``lock_timeout``, ...)."""
     from alignment.pipeline import RootConfig
 
     here = "tests.pipeline.stages"  # not __name__: the kill tests run this module as __main__
@@ -79,11 +104,20 @@ def test_recipe(run_dir: str, **stage_overrides) -> "OmegaConf":
         },
     }
     for name, over in stage_overrides.items():
-        cfg["stage"][name].update(over)
+        cfg["stage"].setdefault(name, {}).update(over)
+    cfg.update(root or {})
     return OmegaConf.merge(OmegaConf.structured(RootConfig), cfg)
 
 
-if __name__ == "__main__":  # driver for the kill tests: python -m tests.pipeline.stages RUN_DIR JSON_OVERRIDES
+if __name__ == "__main__":
+    # driver for the kill and lock tests: python -m tests.pipeline.stages RUN_DIR JSON_OVERRIDES [JSON_ROOT]
+    # (exit status and error line as yialign's: 2 and one line for a user error)
+    from alignment.errors import UserError
     from alignment.pipeline import run_pipeline
 
-    run_pipeline(test_recipe(sys.argv[1], **json.loads(sys.argv[2])))
+    try:
+        run_pipeline(test_recipe(sys.argv[1], json.loads(sys.argv[3]) if len(sys.argv) > 3 else None,
+                                 **json.loads(sys.argv[2])))
+    except UserError as e:
+        print(f"yialign: error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -31,7 +31,7 @@ from pathlib import Path
 import tiktoken
 from tiktoken.load import load_tiktoken_bpe
 
-from alignment.data.corpus import DEFAULT_SOURCES, load_corpus
+from alignment.data.corpus import DEFAULT_SOURCES, fortunes_zh_missing, load_corpus
 from alignment.model.tokenizer import build_tokenizer
 
 # Pre-tokenization patterns of the reference tokenizers (from their own code: Qwen's
@@ -121,11 +121,11 @@ def main() -> None:
     args = ap.parse_args()
 
     sources = list(DEFAULT_SOURCES)
-    try:
-        load_corpus(("fortunes_zh",), max_chars_per_source=1)
+    missing = fortunes_zh_missing()
+    if missing is None:
         sources.append("fortunes_zh")
-    except FileNotFoundError as e:
-        print(f"note: {e}; held-out Chinese falls back to chatterbot_zh only")
+    else:
+        print(f"note: {missing} not found (Debian package fortunes-zh); held-out Chinese falls back to chatterbot_zh only")
         HELDOUT_SETS["zh"] = ("chatterbot_zh",)
 
     train = load_corpus(sources, split="train")

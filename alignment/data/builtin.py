@@ -23,6 +23,8 @@ from pathlib import Path
 
 import yaml
 
+from alignment.paths import INSTALL_HINT
+
 BUILTINS = ("chatterbot_en", "chatterbot_zh", "synthetic_math", "safety")
 LICENSES = {
     "chatterbot_en": "BSD-3-Clause (chatterbot-corpus 1.3.3)",
@@ -33,10 +35,10 @@ LICENSES = {
 
 
 def package_dir(package: str) -> Path:
-    """Folder of an installed package, found without importing it (DATA.md: some import slowly)."""
+    """Folder of an installed package, found without importing it (some data packages import slowly)."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"package '{package}' is not installed; see /work/shared/DATA.md for the pip line")
+        raise FileNotFoundError(f"package '{package}' is not installed: {INSTALL_HINT}")
     return Path(list(spec.submodule_search_locations)[0])
 
 

@@ -41,6 +41,8 @@ import sys
 import zlib
 from pathlib import Path
 
+from alignment.paths import INSTALL_HINT
+
 SOURCES = ("chatterbot_en", "chatterbot_zh", "jieba", "xsum", "boolq", "fortunes_zh", "arithmetic", "reasoning_gym")
 # Sources the base warm-up uses by default: running text in both languages plus math. Only
 # sources that `make setup` installs (recipes/stage/base.yaml lists the same ones).
@@ -58,10 +60,7 @@ REASONING_GYM_TASKS = ("basic_arithmetic", "chain_sum", "products")
 def _package_dir(pkg: str) -> Path:
     spec = importlib.util.find_spec(pkg)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"package '{pkg}' is not installed; it ships offline text: run `make setup` (README.md; data_cards/ "
-            "names each dataset's package)"
-        )
+        raise FileNotFoundError(f"package '{pkg}' is not installed (it ships offline text): {INSTALL_HINT}")
     return Path(list(spec.submodule_search_locations)[0])
 
 

@@ -189,3 +189,27 @@ class Manifest:
             if not p.exists() or content_hash(p) != entry.get("output_hashes", {}).get(key):
                 return False
         return True
+
+
+def git_commit(dirty_mark: bool = False) -> str:
+    """The repository commit this code runs from ("unknown" outside a git checkout, e.g. a wheel).
+
+    With ``dirty_mark``, ``-dirty`` is appended when tracked files differ from that commit.
+    ``YIALIGN_COMMIT`` in the environment wins: a run from a copied tree (a GPU box that receives
+    the working files with stale git metadata) names the commit its files came from that way."""
+    import subprocess
+
+    if os.environ.get("YIALIGN_COMMIT"):
+        return os.environ["YIALIGN_COMMIT"]
+
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        commit = out.stdout.strip() or "unknown"
+        if dirty_mark and commit != "unknown":
+            st = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                                capture_output=True, text=True, timeout=10)
+            commit += "-dirty" if st.stdout.strip() else ""
+        return commit
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"

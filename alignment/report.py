@@ -21,7 +21,7 @@ import re
 import sys
 from pathlib import Path
 
-from alignment.artifacts import Manifest, atomic_write_bytes, atomic_write_text
+from alignment.artifacts import Manifest, atomic_write_bytes, atomic_write_json, atomic_write_text, git_commit
 
 # Eval metrics are named "<checkpoint stage>/<metric>", e.g. "sft_hard/math_heldout_acc".
 _EVAL_KEY = re.compile(r"^(?P<stage>[A-Za-z0-9_]+)/(?P<metric>.+)$")
@@ -37,7 +37,42 @@ def _fmt(v) -> str:
 
 def _headline(key: str) -> bool:
     # counts and secondary estimates stay in the manifest and the report, not the one-line summary
-    return not key.endswith(("/n", "/infra_faults", "_sampled"))
+    return not key.endswith(("/n", "/infra_faults", "_sampled", "_lo", "_hi", "/p_mcnemar", "/format", "_s"))
+
+
+def _is_score(metric: str) -> bool:
+    """``<set>/acc`` or ``<set>/pass@k[_sampled]``: the accuracies plotted per stage (not their
+    interval ends, deltas or p-values)."""
+    last = metric.rsplit("/", 1)[-1]
+    return last == "acc" or (last.startswith("pass@") and not last.endswith(("_lo", "_hi")))
+
+
+def eval_table(metrics: dict, order: list[str]) -> list[str]:
+    """Markdown rows of the eval stage: per checkpoint and set, greedy accuracy with its 95% interval,
+    format compliance, and the paired change against the checkpoint before (McNemar p)."""
+    rows = []
+    for k, v in metrics.items():
+        m = _EVAL_KEY.match(k)
+        if not (m and m["stage"] in order and _num(v)):
+            continue
+        set_name, _, last = m["metric"].rpartition("/")
+        if last not in ("acc", "pass@1"):
+            continue
+        base = f"{m['stage']}/{set_name}"
+        lo, hi = metrics.get(f"{base}/{last}_lo"), metrics.get(f"{base}/{last}_hi")
+        ci = f" [{lo:.3f}, {hi:.3f}]" if _num(lo) and _num(hi) else ""
+        fmt = metrics.get(f"{base}/format")
+        delta, p = metrics.get(f"{base}/delta"), metrics.get(f"{base}/p_mcnemar")
+        change = f"{delta:+.3f} (p={p:.3g})" if _num(delta) and _num(p) else "-"
+        rows.append((order.index(m["stage"]), m["stage"], set_name,
+                     f"{v:.3f}{ci}", f"{fmt:.3f}" if _num(fmt) else "-", str(metrics.get(f"{base}/n", "-")), change))
+    if not rows:
+        return []
+    out = ["| checkpoint | set | greedy accuracy [95% CI] | format | n | change vs previous (McNemar) |",
+           "|---|---|---|---|---|---|"]
+    for _, *cells in sorted(rows, key=lambda r: (r[2], r[0])):
+        out.append("| " + " | ".join(cells) + " |")
+    return out
 
 
 def format_metrics(metrics: dict, limit: int = 6) -> str:
@@ -79,7 +114,7 @@ def _figures(stages: dict[str, dict], order: list[str]) -> list[tuple[str, bytes
     for s in done:
         for k, v in stages[s].get("metrics", {}).items():
             m = _EVAL_KEY.match(k)
-            if m and _num(v) and m["stage"] in order and ("acc" in m["metric"] or "pass@" in m["metric"]):
+            if m and _num(v) and m["stage"] in order and _is_score(m["metric"]):
                 evals.setdefault(m["metric"], {})[m["stage"]] = float(v)
     if evals:
         fig, ax = plt.subplots(figsize=(7, 3.2))
@@ -141,16 +176,48 @@ def _figures(stages: dict[str, dict], order: list[str]) -> list[tuple[str, bytes
     return out
 
 
-def write_report(run_dir: str | Path, order: list[str], title: str = "") -> tuple[Path, Path]:
-    """Write report.md and report.html for the run; returns their paths."""
+def machine_card() -> dict:
+    """Where a run ran: date, commit, accelerator, CPU count and the library versions that set its numbers."""
+    import datetime
+    import importlib.metadata as md
+    import os
+    import platform
+
+    import torch
+
+    def version(pkg: str) -> str:
+        try:
+            return md.version(pkg)
+        except md.PackageNotFoundError:
+            return "not installed"
+
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    return {
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+        "commit": git_commit(dirty_mark=True),
+        "accelerator": ", ".join(gpus) if gpus else "none (CPU)",
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "versions": {p: version(p) for p in ("torch", "triton", "transformers", "trl", "peft", "accelerate", "datasets")},
+    }
+
+
+def write_report(run_dir: str | Path, order: list[str], title: str = "", card: dict | None = None) -> tuple[Path, Path]:
+    """Write report.md, report.html and report.json for the run; returns the first two paths.
+
+    ``card`` (default: :func:`machine_card` of this process) says where and from which commit it ran."""
     run_dir = Path(run_dir)
     stages = Manifest(run_dir).stages
     title = title or f"Pipeline report: {run_dir.name}"
+    card = machine_card() if card is None else card
     images = _figures(stages, order)
     for name, png in images:
         atomic_write_bytes(run_dir / "report_assets" / f"{name}.png", png)
 
-    md = [f"# {title}", "", "| stage | status | wall s | metrics |", "|---|---|---|---|"]
+    versions = ", ".join(f"{k} {v}" for k, v in card.get("versions", {}).items())
+    card_line = (f"{card.get('date_utc', '?')} UTC, commit `{card.get('commit', '?')}`, {card.get('accelerator', '?')}, "
+                 f"{card.get('cpu_count', '?')} CPUs; {versions}")
+    md = [f"# {title}", "", f"Ran: {card_line}", "", "| stage | status | wall s | metrics |", "|---|---|---|---|"]
     rows_html = []
     for s in order:
         e = stages.get(s, {})
@@ -165,6 +232,10 @@ def write_report(run_dir: str | Path, order: list[str], title: str = "") -> tupl
                          + f"<td>{cell}</td></tr>")
     total = sum(e.get("wall_time_s", 0) for e in stages.values() if e.get("status") == "completed")
     md += ["", f"Total wall time of completed stages: {total:.1f} s", ""]
+    for s in order:
+        table = eval_table(stages.get(s, {}).get("metrics", {}), order)
+        if table:
+            md += [f"## Held-out evaluation (`{s}`)", ""] + table + [""]
     md += [f"![{name}](report_assets/{name}.png)" for name, _ in images]
     imgs_html = "".join(
         f'<figure><img alt="{name}" src="data:image/png;base64,{base64.b64encode(png).decode()}"/>'
@@ -172,9 +243,14 @@ def write_report(run_dir: str | Path, order: list[str], title: str = "") -> tupl
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;font-size:13px}}
 img{{max-width:100%}}</style></head><body><h1>{html.escape(title)}</h1>
+<p>Ran: {html.escape(card_line)}</p>
 <table><tr><th>stage</th><th>status</th><th>wall s</th><th>metrics</th></tr>{''.join(rows_html)}</table>
 <p>Total wall time of completed stages: {total:.1f} s</p>{imgs_html}</body></html>"""
     md_path = atomic_write_text(run_dir / "report.md", "\n".join(md) + "\n")
+    atomic_write_json(run_dir / "report.json", {
+        "title": title, "card": card, "order": order, "total_wall_s": round(total, 2),
+        "stages": {s: {k: stages.get(s, {}).get(k) for k in ("status", "wall_time_s", "metrics", "error")} for s in order},
+    })
     html_path = atomic_write_text(run_dir / "report.html", page)
     return md_path, html_path
 

@@ -173,18 +173,23 @@ def run(cfg: RewardStageConfig, ctx: StageContext) -> StageResult:
         metrics["pairwise_acc_init"] = RewardScorer(model, tokenizer, device, max_length=cfg.train.max_length
                                                     ).pairwise_accuracy(held)[0]
 
+    metrics["prep_s"] = round(time.time() - t0, 2)  # data, model load, initial held-out accuracy
+
     # ---- the two phases
     for name in splits:
         train, evals = splits[name]
+        t_phase = time.time()
         model, m = train_phase(model, tokenizer, train, evals, getattr(cfg, name), cfg.train, cfg.lora,
                                ctx.checkpoint_dir / name, device=device)
         metrics.update({f"{name}_{k}": v for k, v in m.items()})
+        metrics[f"{name}_wall_s"] = round(time.time() - t_phase, 2)
 
     # ---- held-out accuracy, inspection report, publish
     if not main:
         return StageResult(outputs={"model": "model", "report": "report", "pairs": pairs_out}, metrics=metrics)
     scorer = RewardScorer(model, tokenizer, device, max_length=cfg.train.max_length)
     report_tmp = ctx.tmp_dir("report")
+    t_inspect = time.time()
     if held:
         # the report scores every held-out pair once; its pairwise accuracy is the stage's metric
         summary = run_inspection(scorer, load_candidates(Path(ctx.stage_dir / pairs_out / "heldout.jsonl")),
@@ -195,6 +200,7 @@ def run(cfg: RewardStageConfig, ctx: StageContext) -> StageResult:
     else:
         atomic_write_text(report_tmp / "README.txt", "no held-out pairs (eval_fraction=0): nothing to inspect\n")
     report_out = ctx.publish(report_tmp, "report")
+    metrics["inspect_s"] = round(time.time() - t_inspect, 2)
     model_tmp = ctx.tmp_dir("model")
     model.save_pretrained(model_tmp)
     tokenizer.save_pretrained(model_tmp)

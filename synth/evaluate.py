@@ -14,7 +14,11 @@ Pipeline use (recipes/stage/eval.yaml)::
         sampler: ${sampler}
 
 Every input with a model is evaluated (``models`` narrows the list); metrics are flat,
-``<input>/<set>/<metric>`` (e.g. ``sft_hard/humaneval/pass@1``). Standalone:
+``<input>/<set>/<metric>`` (e.g. ``sft_hard/humaneval/pass@1``), each greedy accuracy with its 95%
+Wilson interval (``acc_lo``/``acc_hi``) and format compliance (``format``: the share of responses
+whose answer or code the verifier could read), and, with several checkpoints, each one against the
+one before it in ``inputs`` order on the same problems: ``delta`` and McNemar's exact ``p_mcnemar``
+(alignment/stats.py). Standalone:
 ``yialign-synth --config-name eval_checkpoint inputs.policy=/path/to/model``.
 Writes ``report.json`` (metrics + per-set counts) and ``samples.jsonl`` (every response
 with its verdict).
@@ -23,6 +27,7 @@ with its verdict).
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +37,7 @@ from omegaconf import MISSING
 from alignment.artifacts import atomic_write_json, atomic_write_jsonl
 from alignment.sampling.base import SamplingParams
 from alignment.stage import StageContext, StageResult
+from alignment.stats import accuracy_ci, mcnemar
 from synth.problems import Problem, load_problems
 from synth.search.tree import default_render
 
@@ -122,18 +128,27 @@ def evaluate_sampler(sampler, render, sets: list[tuple[str, list[Problem]]], cfg
     verifiers = {"math": get_verifier("math"), "code": get_verifier("code", timeout_s=cfg.code_timeout_s)}
     metrics: dict[str, Any] = {}
     rows: list[dict] = []
+    timing = {"sample_s": 0.0, "verify_s": 0.0}  # where the stage's time goes, per checkpoint
+    clock = time.perf_counter
     for name, problems in tqdm(sets, desc=f"eval {prefix or 'policy'}", unit="set"):
         if not problems:
             continue
         key = f"{prefix}/{name}" if prefix else name
         prompts = [render(p) for p in problems]
+        t0 = clock()
         greedy = sampler.generate(prompts, 1, SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=0.0, seed=cfg.seed))
+        t1 = clock()
         texts = [g[0].text for g in greedy]
         verdicts = _verify_all(problems, texts, verifiers, cfg.verify_workers)
+        timing["sample_s"] += t1 - t0
+        timing["verify_s"] += clock() - t1
         judged = [v for v in verdicts if v.error_kind is None]
         acc = sum(v.passed for v in judged) / len(judged) if judged else 0.0
         metric = "pass@1" if problems[0].kind == "code" else "acc"
         metrics[f"{key}/{metric}"] = round(acc, 6)
+        lo, hi = accuracy_ci(sum(v.passed for v in judged), len(judged))
+        metrics[f"{key}/{metric}_lo"], metrics[f"{key}/{metric}_hi"] = round(lo, 4), round(hi, 4)
+        metrics[f"{key}/format"] = round(sum(v.formatted for v in judged) / len(judged), 6) if judged else 0.0
         metrics[f"{key}/n"] = len(judged)
         if len(judged) < len(verdicts):
             metrics[f"{key}/infra_faults"] = len(verdicts) - len(judged)
@@ -141,10 +156,14 @@ def evaluate_sampler(sampler, render, sets: list[tuple[str, list[Problem]]], cfg
             rows.append({"model": prefix, "set": name, "problem_id": p.id, "mode": "greedy", "response": t, **v.to_dict()})
         if problems[0].kind == "code" and cfg.num_samples > 0:
             params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed)
+            t0 = clock()
             samples = sampler.generate(prompts, cfg.num_samples, params)
+            t1 = clock()
             flat_p = [p for p, s in zip(problems, samples) for _ in s]
             flat_t = [x.text for s in samples for x in s]
             flat_v = _verify_all(flat_p, flat_t, verifiers, cfg.verify_workers)
+            timing["sample_s"] += t1 - t0
+            timing["verify_s"] += clock() - t1
             per = {}
             for p, v in zip(flat_p, flat_v):
                 if v.error_kind is None:
@@ -156,7 +175,30 @@ def evaluate_sampler(sampler, render, sets: list[tuple[str, list[Problem]]], cfg
                     metrics[f"{key}/pass@{k}_sampled"] = round(sum(vals) / len(vals), 6)
             for p, t, v in zip(flat_p, flat_t, flat_v):
                 rows.append({"model": prefix, "set": name, "problem_id": p.id, "mode": "sampled", "response": t, **v.to_dict()})
+    for k, v in timing.items():
+        metrics[f"{prefix}/{k}" if prefix else k] = round(v, 2)
     return metrics, rows
+
+
+def paired_comparisons(rows: list[dict], names: list[str]) -> dict[str, Any]:
+    """Each checkpoint against the one before it in ``names``, per set, on the greedy verdicts of the
+    problems both could be judged on: ``<name>/<set>/delta`` (accuracy gained, in [-1, 1]) and
+    ``<name>/<set>/p_mcnemar`` (McNemar's exact two-sided p-value; the stages' claim to a gain)."""
+    passed: dict[tuple[str, str], dict[str, bool]] = {}
+    for r in rows:
+        if r["mode"] == "greedy" and r["error_kind"] is None:
+            passed.setdefault((r["model"], r["set"]), {})[r["problem_id"]] = bool(r["passed"])
+    out: dict[str, Any] = {}
+    for prev, cur in zip(names, names[1:]):
+        for (model, set_name), after in passed.items():
+            if model != cur or (prev, set_name) not in passed:
+                continue
+            before = passed[(prev, set_name)]
+            ids = sorted(set(before) & set(after))
+            res = mcnemar([before[i] for i in ids], [after[i] for i in ids])
+            out[f"{cur}/{set_name}/delta"] = round(res.delta, 6)
+            out[f"{cur}/{set_name}/p_mcnemar"] = round(res.p_value, 6)
+    return out
 
 
 def _build_policy(model_path: str, cfg: EvalConfig, device: str):
@@ -187,6 +229,8 @@ def run(cfg: EvalConfig, ctx: StageContext) -> StageResult:
         m, r = evaluate_sampler(sampler, render, sets, cfg, prefix="" if single else name)
         metrics.update(m)
         rows.extend(r)
+    if not single:
+        metrics.update(paired_comparisons(rows, names))
     ctx.stage_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(Path(ctx.stage_dir) / "report.json", {"models": names, "metrics": metrics, "sets": {n: len(p) for n, p in sets}})
     atomic_write_jsonl(Path(ctx.stage_dir) / "samples.jsonl", rows)

@@ -16,11 +16,10 @@ Rows are plain dicts in a fixed key order, so the same results give byte-identic
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
-from alignment.artifacts import atomic_write_text
+from alignment.artifacts import atomic_write_text, git_commit
 from alignment.paths import DATA_CARDS_DIR
 
 GENERATOR_VERSION = "synth-1"
@@ -118,14 +117,6 @@ def summarize(results: list[dict]) -> dict[str, Any]:
         "tokens": sum(r["stats"]["tokens"] for r in results),
         "by_source": by_source,
     }
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def write_card(path: Path, dataset: str, fields: list[str], count: int, hashes: dict[str, str], summary: dict,

@@ -12,6 +12,14 @@ Each Triton path lives in its own module (``moe.py``, ``rmsnorm.py``, ``linear_c
 ``attention.py``) with its ``@triton.jit`` code in the ``*_kernels.py`` beside it; those modules
 are imported lazily, on first use.
 
+Autocast contract: under ``torch.autocast`` each fused op behaves like the torch op it replaces.
+The matmul-class ops (``moe_experts``, ``linear_cross_entropy``, ``hybrid_attention``) run in the
+autocast dtype, as ``torch.matmul``/SDPA would: their floating inputs (activations and fp32 master
+weights alike) are cast before the custom op, so autograd records the casts and the gradients land
+in the master weights' own dtype. ``rms_norm`` is elementwise (autocast leaves it alone): it
+promotes ``x + residual`` like the unfused add. Outputs keep the reference's dtypes (``moe_experts``
+returns x's dtype, ``linear_cross_entropy`` float32).
+
 Tests: ``python -m pytest -q tests/kernels``. Benchmarks: ``python bench/moe.py``, ``python bench/linear_ce.py``.
 """
 
@@ -49,6 +57,21 @@ def _triton(module: str):
     return importlib.import_module(f"alignment.kernels.{module}")
 
 
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The dtype matmuls run in under an enabled ``torch.autocast`` for ``device``'s type, else None."""
+    dev_type = torch.device(device).type
+    if not torch.is_autocast_enabled(dev_type):
+        return None
+    return torch.get_autocast_dtype(dev_type)
+
+
+def _cast_for_autocast(dtype: torch.dtype | None, *tensors):
+    """Cast floating tensors to ``dtype`` (differentiably: autograd casts the grads back)."""
+    if dtype is None:
+        return tensors
+    return tuple(t.to(dtype) if t is not None and t.is_floating_point() else t for t in tensors)
+
+
 def moe_experts(x_TD, w_gate_up_E2ID, w_down_EDI, topk_idx_TK, topk_w_TK, impl: str = "auto"):
     """Routed SwiGLU experts. See :func:`alignment.kernels.reference.moe_experts` for the math.
 
@@ -56,28 +79,49 @@ def moe_experts(x_TD, w_gate_up_E2ID, w_down_EDI, topk_idx_TK, topk_w_TK, impl: 
     topk_idx_TK int64 [T, K] (-1 = unused slot); topk_w_TK float32 [T, K]. Returns y_TD in x's dtype.
     """
     if resolve_impl(impl, x_TD.device) == "triton":
-        return _triton("moe").moe_experts(x_TD, w_gate_up_E2ID, w_down_EDI, topk_idx_TK, topk_w_TK)
+        ac = autocast_dtype(x_TD.device)
+        if ac is None:
+            return _triton("moe").moe_experts(x_TD, w_gate_up_E2ID, w_down_EDI, topk_idx_TK, topk_w_TK)
+        x, w_gu, w_down = _cast_for_autocast(ac, x_TD, w_gate_up_E2ID, w_down_EDI)
+        with torch.autocast(x_TD.device.type, enabled=False):
+            y = _triton("moe").moe_experts(x, w_gu, w_down, topk_idx_TK, topk_w_TK)
+        return y.to(x_TD.dtype)
     return reference.moe_experts(x_TD, w_gate_up_E2ID, w_down_EDI, topk_idx_TK, topk_w_TK)
 
 
 def rms_norm(x, weight, eps: float, residual=None, impl: str = "auto"):
     """RMSNorm over the last dim; with ``residual`` returns ``(y, h)`` where ``h = x + residual``."""
     if resolve_impl(impl, x.device) == "triton":
-        return _triton("rmsnorm").rms_norm(x, weight, eps, residual)
+        if residual is None or residual.dtype == x.dtype:
+            return _triton("rmsnorm").rms_norm(x, weight, eps, residual)
+        # mixed dtypes (a bf16 branch output added to an fp32 residual stream under autocast): the sum
+        # takes the promoted dtype, as the unfused ``x + residual`` would; y keeps x's dtype
+        common = torch.promote_types(x.dtype, residual.dtype)
+        y, h = _triton("rmsnorm").rms_norm(x.to(common), weight, eps, residual.to(common))
+        return y.to(x.dtype), h
     return reference.rms_norm(x, weight, eps, residual)
 
 
 def linear_cross_entropy(hidden_ND, weight_VD, labels_N, ignore_index: int = -100, impl: str = "auto"):
     """float32 per-token log-prob of each label under ``hidden @ weight.T``; 0.0 at ``ignore_index``."""
     if resolve_impl(impl, hidden_ND.device) == "triton":
-        return _triton("linear_ce").linear_cross_entropy(hidden_ND, weight_VD, labels_N, ignore_index)
+        ac = autocast_dtype(hidden_ND.device)
+        if ac is None:
+            return _triton("linear_ce").linear_cross_entropy(hidden_ND, weight_VD, labels_N, ignore_index)
+        hidden, weight = _cast_for_autocast(ac, hidden_ND, weight_VD)
+        with torch.autocast(hidden_ND.device.type, enabled=False):
+            return _triton("linear_ce").linear_cross_entropy(hidden, weight, labels_N, ignore_index)
     return reference.linear_cross_entropy(hidden_ND, weight_VD, labels_N, ignore_index)
 
 
 def hybrid_attention(q_BHSD, k_BHKD, v_BHKD, *, sliding_window=None, seq_ids_BS=None, impl: str = "auto"):
     """Causal GQA attention, optional sliding window and packing (no attention across ``seq_ids``)."""
     if resolve_impl(impl, q_BHSD.device) == "triton":
-        return _triton("attention").hybrid_attention(
-            q_BHSD, k_BHKD, v_BHKD, sliding_window=sliding_window, seq_ids_BS=seq_ids_BS
-        )
+        flex = _triton("attention").hybrid_attention
+        ac = autocast_dtype(q_BHSD.device)
+        if ac is None:
+            return flex(q_BHSD, k_BHKD, v_BHKD, sliding_window=sliding_window, seq_ids_BS=seq_ids_BS)
+        q, k, v = _cast_for_autocast(ac, q_BHSD, k_BHKD, v_BHKD)
+        with torch.autocast(q_BHSD.device.type, enabled=False):
+            return flex(q, k, v, sliding_window=sliding_window, seq_ids_BS=seq_ids_BS)
     return reference.hybrid_attention(q_BHSD, k_BHKD, v_BHKD, sliding_window=sliding_window, seq_ids_BS=seq_ids_BS)

@@ -14,7 +14,8 @@ against SDPA with the dense mask (the torch path) and flash SDPA (full causal on
 BlockMasks are cached (``_MASK_CACHE_SIZE`` entries) keyed by shape, window and the identity of
 ``seq_ids`` (the cache holds a reference to it, so its storage can't be reused by another tensor;
 an in-place edit bumps its version and misses): every layer of one forward shares one mask.
-On CPU (tests) the eager FlexAttention is used; on CUDA a ``torch.compile``d one.
+On CPU (tests) the eager FlexAttention is used for forward-only calls (it has no CPU backward, so
+a CPU forward that needs grads takes the SDPA reference); on CUDA a ``torch.compile``d one.
 
 Short query chunks (S < ``FLEX_MIN_QUERIES``: decode steps, small prefill chunks) go to the SDPA
 reference instead: their dense mask is at most [B, 1, 127, L], and each new cache length L would
@@ -87,7 +88,12 @@ def hybrid_attention(q_BHSD, k_BHKD, v_BHKD, *, sliding_window=None, seq_ids_BS=
         raise ValueError(f"sliding_window must be >= 1, got {sliding_window}")
     if seq_ids_BS is not None and seq_ids_BS.shape != (B, L):
         raise ValueError(f"seq_ids has shape {tuple(seq_ids_BS.shape)}, expected [B={B}, L={L}]")
-    if S < FLEX_MIN_QUERIES and q_BHSD.is_cuda:
+    # FlexAttention has no CPU backward: a CPU forward that needs grads (tests of training under the
+    # Triton interpreter) takes the SDPA reference, which computes the same attention.
+    cpu_grad = not q_BHSD.is_cuda and torch.is_grad_enabled() and any(
+        t.requires_grad for t in (q_BHSD, k_BHKD, v_BHKD)
+    )
+    if (S < FLEX_MIN_QUERIES and q_BHSD.is_cuda) or cpu_grad:
         return reference.hybrid_attention(q_BHSD, k_BHKD, v_BHKD, sliding_window=sliding_window, seq_ids_BS=seq_ids_BS)
     bm = _block_mask(B, S, L, sliding_window, seq_ids_BS, q_BHSD.device)
     fn = _flex() if q_BHSD.is_cuda else flex_attention

@@ -143,3 +143,42 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
     if not (path / "tokenizer.json").exists() and not (path / "tokenizer_config.json").exists():
         raise FileNotFoundError(f"{path}: no tokenizer.json or tokenizer_config.json (not a saved tokenizer)")
     return AutoTokenizer.from_pretrained(str(path))
+
+
+def adopt_chat_format(tokenizer):
+    """Give a dense checkpoint's tokenizer (e.g. SmolLM2's, converted from GGUF) the project's chat format.
+
+    Upcycled checkpoints must train and sample exactly like ours: the ChatML template with
+    ``{% generation %}`` markers (TRL's ``assistant_only_loss`` needs them; SmolLM2's own template
+    has none and adds a default system prompt), ``<|im_end|>`` as EOS (the GGUF conversion yields
+    ``<|im_start|>``, and TRL would then rewrite the model's EOS to it), and a pad token distinct
+    from EOS (``<|endoftext|>`` when the vocabulary has it, which is also our BOS/separator).
+    The vocabulary itself is unchanged, so the dense embeddings stay valid. Returns ``tokenizer``.
+
+    Raises:
+        ValueError: the vocabulary lacks ``<|im_start|>`` or ``<|im_end|>`` (not a ChatML vocabulary:
+            adding them would need new embedding rows).
+    """
+
+    vocab = tokenizer.get_vocab()  # (SmolLM2's unk is <|endoftext|>: compare against the vocabulary, not unk)
+
+    def has(token: str) -> bool:
+        return token in vocab
+
+    missing = [t for t in (IM_START, EOS_TOKEN) if not has(t)]
+    if missing:
+        name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+        raise ValueError(f"tokenizer {name}: no {', '.join(missing)} in its vocabulary; the chat format needs ChatML tokens")
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.eos_token = EOS_TOKEN
+    if has(BOS_TOKEN):
+        tokenizer.bos_token = BOS_TOKEN
+    for pad in (PAD_TOKEN, BOS_TOKEN):
+        if has(pad):
+            tokenizer.pad_token = pad
+            break
+    else:
+        if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+            raise ValueError("tokenizer: no pad token distinct from <|im_end|> (<|pad|> or <|endoftext|>) in its vocabulary")
+    return tokenizer
+

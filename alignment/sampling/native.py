@@ -22,7 +22,8 @@ Left padding keeps every row's newest token in the same column; positions are pe
 
 Sampling: temperature, then top-k, then top-p (the order transformers uses), one
 ``torch.Generator`` seeded from ``SamplingParams.seed`` (same seed, prompts and params -> same
-samples); ``logprob_sum`` is under the unmodified (temperature-1, unfiltered) distribution.
+samples; on a GPU up to the fused MoE's fp32 atomic adds in the prefill, whose order varies and can
+flip a draw that sits on a bf16 boundary); ``logprob_sum`` is under the unmodified (temperature-1, unfiltered) distribution.
 
     sampler = build_sampler({"backend": "native"}, model, tokenizer)
     groups = sampler.generate(["1+1="], n=16, params=SamplingParams(max_new_tokens=32, seed=0))

@@ -3,7 +3,8 @@
 What it does, top to bottom:
 
 1. **Tokenizer**: load ``tokenizer_path`` if given; with ``init_from`` use the dense
-   checkpoint's own tokenizer; otherwise train ours (alignment.model.tokenizer) on the
+   checkpoint's own vocabulary with our chat format (ChatML template with generation markers,
+   eos ``<|im_end|>``, pad distinct from eos: ``alignment.model.tokenizer.adopt_chat_format``); otherwise train ours (alignment.model.tokenizer) on the
    offline corpus (alignment.data.corpus) at ``vocab_size``.
 2. **Model**: either a fresh ``YiLightningForCausalLM`` from the ``model`` preset (its
    ``vocab_size`` set to the tokenizer's length), or a dense Llama/Qwen2/Mistral checkpoint
@@ -193,6 +194,15 @@ def build_model(cfg: BaseConfig, tokenizer):
     return YiLightningForCausalLM(config)
 
 
+def set_special_token_ids(model, tokenizer) -> None:
+    """Point the model's config and generation config at the tokenizer's bos/eos/pad ids."""
+    ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    for cfg in (model.config, model.generation_config):
+        if cfg is not None:
+            for key, value in ids.items():
+                setattr(cfg, key, value)
+
+
 # --------------------------------------------------------------------------- run
 
 
@@ -211,10 +221,13 @@ def run(cfg: BaseConfig, ctx: StageContext) -> StageResult:
 
     # ---- tokenizer and model
     if cfg.init_from:
+        from alignment.model.tokenizer import adopt_chat_format
         from alignment.model.upcycle import load_dense, upcycle_dense
 
         dense, tokenizer = load_dense(cfg.init_from)
+        tokenizer = adopt_chat_format(tokenizer)  # our ChatML template, eos <|im_end|>, pad != eos
         model = upcycle_dense(dense, **cfg.upcycle)
+        set_special_token_ids(model, tokenizer)
         if cfg.calibrate_router_blocks > 0:
             from alignment.model.upcycle import calibrate_router
 

@@ -528,19 +528,9 @@ def run_rounds(
     return StageResult(outputs=outputs, metrics=flat)
 
 
-def _git_commit() -> str:
-    import subprocess
-
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    return out.stdout.strip() or "unknown"
-
-
 def write_pairs_card(ctx: StageContext, cfg: OnlineDPOConfig, per_round: Sequence[dict], seed: int) -> Path:
     """The data card of ``pairs.jsonl`` (template: data_cards/dpo_online_pairs.md)."""
-    from alignment.artifacts import atomic_write_text, file_hash
+    from alignment.artifacts import atomic_write_text, file_hash, git_commit
     from alignment.data.cards import render_card
 
     pairs_path = ctx.stage_dir / "pairs.jsonl"
@@ -563,7 +553,7 @@ def write_pairs_card(ctx: StageContext, cfg: OnlineDPOConfig, per_round: Sequenc
     summary = json.dumps([{k: m.get(k) for k in ("round", *keys)} for m in per_round], indent=1)
     body = f"""# {ctx.name} online DPO pairs (generated)
 
-- generator: `alignment.train.online_dpo`, repository commit `{_git_commit()}`
+- generator: `alignment.train.online_dpo`, repository commit `{git_commit()}`
 - policy sampled: `{per_round[0]['policy_in']}` (round 1; each later round samples the previous round's model)
 - sampling: {cfg.sampler.backend} backend, n={cfg.n_samples}, temperature {cfg.temperature}, top_p {cfg.top_p},
   max_new_tokens {cfg.max_new_tokens}

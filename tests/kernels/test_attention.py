@@ -62,7 +62,7 @@ def test_flex_matches_reference(case, device):
 def test_mask_cache_sees_in_place_edit(device):
     """Regression guard: editing seq_ids in place must not reuse a stale cached BlockMask."""
     gen = torch.Generator().manual_seed(1)
-    q, k, v = (torch.randn(1, 2, 160, 8, generator=gen).to(device) for _ in range(3))  # >= 128: the Flex path
+    q, k, v = (torch.randn(1, 2, 160, 16, generator=gen).to(device) for _ in range(3))  # >= 128 queries: the Flex path; head_dim 16 is its CUDA minimum
     ids = torch.zeros(1, 160, dtype=torch.long, device=device)
     a = hybrid_attention(q, k, v, seq_ids_BS=ids, impl="triton")
     ids[:, 80:] = 1

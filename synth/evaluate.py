@@ -38,8 +38,8 @@ from alignment.artifacts import atomic_write_json, atomic_write_jsonl
 from alignment.sampling.base import SamplingParams
 from alignment.stage import StageContext, StageResult
 from alignment.stats import accuracy_ci, mcnemar
+from alignment.tasks.format import plain_render
 from synth.problems import Problem, load_problems
-from synth.search.tree import default_render
 
 
 @dataclass
@@ -180,6 +180,18 @@ def evaluate_sampler(sampler, render, sets: list[tuple[str, list[Problem]]], cfg
     return metrics, rows
 
 
+def _in_pipeline_order(ctx: StageContext) -> list[str]:
+    """The inputs in the order their stages run (the paired tests compare each with the one before);
+    a recipe's ``inputs`` mapping merges its defaults first, so its own order is not the chain's."""
+    names = list(ctx.inputs)
+    try:
+        order = list(ctx.root.pipeline.order)
+    except AttributeError:
+        return names
+    rank = {stage: i for i, stage in enumerate(order)}
+    return sorted(names, key=lambda n: rank.get(Path(ctx.inputs[n].dir).name, len(order)))
+
+
 def paired_comparisons(rows: list[dict], names: list[str]) -> dict[str, Any]:
     """Each checkpoint against the one before it in ``names``, per set, on the greedy verdicts of the
     problems both could be judged on: ``<name>/<set>/delta`` (accuracy gained, in [-1, 1]) and
@@ -207,16 +219,16 @@ def _build_policy(model_path: str, cfg: EvalConfig, device: str):
     import alignment.model  # noqa: F401  (registers yi_lightning; see synth/stage.py PolicySpec.build)
 
     from alignment.sampling import build_sampler
-    from synth.search.tree import chat_render
+    from alignment.tasks.format import chat_render
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     sampler = build_sampler(dict(cfg.sampler), model_path, tokenizer=tokenizer, device=device)
-    return sampler, chat_render(tokenizer) if tokenizer.chat_template else default_render
+    return sampler, chat_render(tokenizer) if tokenizer.chat_template else plain_render
 
 
 def run(cfg: EvalConfig, ctx: StageContext) -> StageResult:
     """Stage runner: evaluates every input checkpoint (or those named in ``cfg.models``)."""
-    names = list(cfg.models) or list(ctx.inputs)
+    names = list(cfg.models) or _in_pipeline_order(ctx)
     if not names:
         raise ValueError(f"stage {ctx.name}: no checkpoints to evaluate (give inputs, e.g. inputs: {{policy: sft_hard}})")
     sets = load_eval_sets(list(cfg.sets))

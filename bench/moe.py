@@ -223,7 +223,7 @@ def train_step(preset, batch=4, seq=2048, steps=6):
 
     bf16 weights, fused AdamW, random token ids as inputs and labels. MFU counts 6 * active
     parameters (experts scaled by top-k / E, input embedding excluded) per token against the
-    784 TFLOP/s dense bf16 ceiling measured on this H100 (shared/GPU.md).
+    784 TFLOP/s dense bf16 ceiling measured on the lent H100 (as in docs/scaling.md).
     """
     import time
 

@@ -96,16 +96,17 @@ def main() -> None:
         build_tiny_checkpoint(Path(args.save_checkpoint))
         return
 
+    from alignment.tasks.format import chat_render, plain_render
     from synth.problems import load_problems
     from synth.search.scripted import ScriptedSampler
-    from synth.search.tree import SearchConfig, chat_render, default_render
+    from synth.search.tree import SearchConfig
 
     print(f"host: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, device {args.device}")
     problems = load_problems("templates", "train", args.problems, seed=0)
     cfg = SearchConfig(algorithm=args.algorithm, num_children=args.children, num_simulations=args.simulations,
                        step_tokens=args.step_tokens, rollout_tokens=args.rollout_tokens)
     run_search(load_problems("templates", "train", 200, seed=0), ScriptedSampler(load_problems("templates", "train", 200, seed=0)),
-               default_render, cfg, f"{args.algorithm} scripted policy (search + verifier overhead, 200 problems)")
+               plain_render, cfg, f"{args.algorithm} scripted policy (search + verifier overhead, 200 problems)")
 
     from transformers import AutoTokenizer
 
@@ -118,7 +119,7 @@ def main() -> None:
             build_tiny_checkpoint(Path(d))
         tok = AutoTokenizer.from_pretrained(d)
         sampler = build_sampler({"backend": args.backend}, d, tokenizer=tok, device=args.device)
-        render = chat_render(tok) if tok.chat_template else default_render
+        render = chat_render(tok) if tok.chat_template else plain_render
         best_of_n(problems[:1], sampler, render, 2, 8, "warm-up (not counted)")
         seq = run_search(problems, sampler, render, cfg, f"{args.algorithm} tiny MoE via {args.backend}, one problem at a time")
         res = run_search(problems, sampler, render, cfg, f"{args.algorithm} tiny MoE via {args.backend}, lockstep batch {args.batch}", args.batch)

@@ -16,6 +16,8 @@ per FLOP) and the ratio to ours:
 Run (a few minutes on 2 CPU cores)::
 
     python bench/tokenizer.py --gpt2 /path/to/openai_whisper-20250625.tar.gz [--out bench/results/tokenizer.json]
+
+Without ``--gpt2`` and without the whisper package, the GPT-2 column reads n/a (one note line).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from pathlib import Path
 import tiktoken
 from tiktoken.load import load_tiktoken_bpe
 
-from alignment.data.corpus import DEFAULT_SOURCES, load_corpus
+from alignment.data.corpus import DEFAULT_SOURCES, fortunes_zh_missing, load_corpus
 from alignment.model.tokenizer import build_tokenizer
 
 # Pre-tokenization patterns of the reference tokenizers (from their own code: Qwen's
@@ -121,11 +123,11 @@ def main() -> None:
     args = ap.parse_args()
 
     sources = list(DEFAULT_SOURCES)
-    try:
-        load_corpus(("fortunes_zh",), max_chars_per_source=1)
+    missing = fortunes_zh_missing()
+    if missing is None:
         sources.append("fortunes_zh")
-    except FileNotFoundError as e:
-        print(f"note: {e}; held-out Chinese falls back to chatterbot_zh only")
+    else:
+        print(f"note: {missing} not found (Debian package fortunes-zh); held-out Chinese falls back to chatterbot_zh only")
         HELDOUT_SETS["zh"] = ("chatterbot_zh",)
 
     train = load_corpus(sources, split="train")
@@ -139,8 +141,13 @@ def main() -> None:
     encoders = {
         "ours": lambda t: len(ours.encode(t, add_special_tokens=False)),
         "qwen": (lambda enc: lambda t: len(enc.encode_ordinary(t)))(qwen_encoding()),
-        "gpt2": (lambda enc: lambda t: len(enc.encode_ordinary(t)))(gpt2_encoding(args.gpt2)),
     }
+    try:
+        encoders["gpt2"] = (lambda enc: lambda t: len(enc.encode_ordinary(t)))(gpt2_encoding(args.gpt2))
+    except FileNotFoundError as e:
+        if args.gpt2:  # asked for by path: a wrong path is an error
+            raise
+        print(f"note: GPT-2 column skipped: {e}")
     rows = {}
     sets = {lang: (list(srcs), load_corpus(srcs, split="heldout")) for lang, srcs in HELDOUT_SETS.items()}
     sets["en-ood"] = (["quac (never trained on)"], quac_passages())
@@ -154,8 +161,10 @@ def main() -> None:
     print(f"| set | chars | ours | Qwen (151,643) | GPT-2 (50,256) | Qwen/ours | GPT-2/ours |")
     print(f"|---|---|---|---|---|---|---|")
     for lang, r in rows.items():
+        gpt2 = f"{r['gpt2']:.3f}" if "gpt2" in r else "n/a"
+        gpt2_ratio = f"{r['gpt2'] / r['ours']:.2f}" if "gpt2" in r else "n/a"
         print(f"| {lang} ({'+'.join(r['sources'])}) | {r['chars']:,} | {r['ours']:.3f} | {r['qwen']:.3f} | "
-              f"{r['gpt2']:.3f} | {r['qwen'] / r['ours']:.2f} | {r['gpt2'] / r['ours']:.2f} |")
+              f"{gpt2} | {r['qwen'] / r['ours']:.2f} | {gpt2_ratio} |")
     if args.out:
         from alignment.artifacts import atomic_write_json
 

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 import alignment  # noqa: F401  (Auto-class registration)
-from alignment.data.corpus import load_corpus
+from alignment.data.corpus import fortunes_zh_available, load_corpus
 from alignment.model.upcycle import calibrate_router, load_dense, upcycle_dense
 
 # name -> (upcycle_dense kwargs, calibrate the router on train-split tokens?)
@@ -116,11 +116,7 @@ def main() -> None:
         sets, blocks = saved["sets"], saved["blocks"]
     else:
         sets = {"en": ("xsum", "boolq"), "math": ("arithmetic", "reasoning_gym")}
-        try:
-            load_corpus(("fortunes_zh",), max_chars_per_source=1)
-            sets["zh"] = ("fortunes_zh",)
-        except FileNotFoundError:
-            sets["zh"] = ("chatterbot_zh",)
+        sets["zh"] = ("fortunes_zh",) if fortunes_zh_available() else ("chatterbot_zh",)
         blocks = {k: heldout_blocks(tokenizer, v, args.blocks, args.seq_len) for k, v in sets.items()}
         # calibration tokens for the router: the train split, a third from each set
         calib = torch.cat([heldout_blocks(tokenizer, v, 3, args.seq_len, split="train") for v in sets.values()])

@@ -28,7 +28,9 @@ import json
 import sys
 from pathlib import Path
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+from alignment.paths import RECIPES_DIR
+
+RECIPES = RECIPES_DIR  # recipes/ of the checkout or of the installed wheel (alignment.paths)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -44,6 +44,7 @@ from typing import Any, Iterable
 
 from alignment.artifacts import iter_jsonl, read_text
 from alignment.errors import DataError, MissingFileError
+from alignment.tasks.format import final_answer_line, split_final_answer, user_message
 
 __all__ = ["load_pairs", "reference_pairs", "normalize_pair", "curate_pairs", "split_by_prompt", "prompt_key", "prompt_text"]
 
@@ -168,16 +169,15 @@ def reference_pairs(source: str, split: str = "train", n: int = 1000, seed: int 
     rows = []
     for p in load_problems(source, split, n=n, seed=seed):
         ref = p.meta.get("reference")
-        if p.kind != "math" or not ref or "####" not in ref:
+        body, final = split_final_answer(ref) if p.kind == "math" and ref else ("", None)
+        if not final:
             continue
-        body, _, final = ref.rpartition("####")
-        final = final.strip()
         wrong = _wrong_answer(final, rng)
         # the last line of the working usually states the result too: change it there as well
-        head, sep, last = body.rstrip("\n").rpartition("\n")
+        head, sep, last = body.rpartition("\n")
         last = last[::-1].replace(final[::-1], wrong[::-1], 1)[::-1] if final in last else last
-        rejected = f"{head}{sep}{last}\n#### {wrong}"
-        rows.append({"prompt": p.prompt, "chosen": ref, "rejected": rejected, "chosen_score": 1.0,
+        rejected = f"{head}{sep}{last}\n{final_answer_line(wrong)}"
+        rows.append({"prompt": user_message(p), "chosen": ref, "rejected": rejected, "chosen_score": 1.0,
                      "rejected_score": 0.0, "source": f"reference:{source}"})
     return rows
 

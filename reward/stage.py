@@ -38,6 +38,7 @@ import torch
 from omegaconf import MISSING
 
 from alignment.artifacts import atomic_write_jsonl, atomic_write_text
+from alignment.paths import DATA_CARDS_DIR
 from alignment.stage import StageContext, StageResult
 from reward.pairs import curate_pairs, load_pairs, prompt_key, split_by_prompt
 from reward.train import LoraSpec, RewardPhase, TrainSpec, load_reward_model, train_phase
@@ -45,7 +46,7 @@ from reward.train import LoraSpec, RewardPhase, TrainSpec, load_reward_model, tr
 __all__ = ["RewardStageConfig", "run"]
 
 log = logging.getLogger(__name__)
-CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "data_cards" / "reward_pairs.md"
+CARD_TEMPLATE = DATA_CARDS_DIR / "reward_pairs.md"
 
 
 @dataclass

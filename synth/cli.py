@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from alignment.artifacts import atomic_write_json
+from alignment.paths import RECIPES_DIR
 from alignment.stage import InputArtifact, StageContext
 
 
@@ -90,7 +91,7 @@ def run_job(cfg: DictConfig) -> dict:
     return summary
 
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+RECIPES = RECIPES_DIR  # recipes/ of the checkout or of the installed wheel (alignment.paths)
 
 
 # an absolute config path: a relative one would resolve against the package under `python -m`

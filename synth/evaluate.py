@@ -14,7 +14,11 @@ Pipeline use (recipes/stage/eval.yaml)::
         sampler: ${sampler}
 
 Every input with a model is evaluated (``models`` narrows the list); metrics are flat,
-``<input>/<set>/<metric>`` (e.g. ``sft_hard/humaneval/pass@1``). Standalone:
+``<input>/<set>/<metric>`` (e.g. ``sft_hard/humaneval/pass@1``), each greedy accuracy with its 95%
+Wilson interval (``acc_lo``/``acc_hi``) and format compliance (``format``: the share of responses
+whose answer or code the verifier could read), and, with several checkpoints, each one against the
+one before it in ``inputs`` order on the same problems: ``delta`` and McNemar's exact ``p_mcnemar``
+(alignment/stats.py). Standalone:
 ``yialign-synth --config-name eval_checkpoint inputs.policy=/path/to/model``.
 Writes ``report.json`` (metrics + per-set counts) and ``samples.jsonl`` (every response
 with its verdict).
@@ -33,8 +37,9 @@ from omegaconf import MISSING
 from alignment.artifacts import atomic_write_json, atomic_write_jsonl
 from alignment.sampling.base import SamplingParams
 from alignment.stage import StageContext, StageResult
+from alignment.stats import accuracy_ci, mcnemar
+from alignment.tasks.format import plain_render
 from synth.problems import Problem, load_problems
-from synth.search.tree import default_render
 
 
 @dataclass
@@ -141,6 +146,9 @@ def evaluate_sampler(sampler, render, sets: list[tuple[str, list[Problem]]], cfg
         acc = sum(v.passed for v in judged) / len(judged) if judged else 0.0
         metric = "pass@1" if problems[0].kind == "code" else "acc"
         metrics[f"{key}/{metric}"] = round(acc, 6)
+        lo, hi = accuracy_ci(sum(v.passed for v in judged), len(judged))
+        metrics[f"{key}/{metric}_lo"], metrics[f"{key}/{metric}_hi"] = round(lo, 4), round(hi, 4)
+        metrics[f"{key}/format"] = round(sum(v.formatted for v in judged) / len(judged), 6) if judged else 0.0
         metrics[f"{key}/n"] = len(judged)
         if len(judged) < len(verdicts):
             metrics[f"{key}/infra_faults"] = len(verdicts) - len(judged)
@@ -172,25 +180,58 @@ def evaluate_sampler(sampler, render, sets: list[tuple[str, list[Problem]]], cfg
     return metrics, rows
 
 
+def _in_pipeline_order(ctx: StageContext) -> list[str]:
+    """The inputs in the order their stages run (the paired tests compare each with the one before);
+    a recipe's ``inputs`` mapping merges its defaults first, so its own order is not the chain's."""
+    names = list(ctx.inputs)
+    try:
+        order = list(ctx.root.pipeline.order)
+    except AttributeError:
+        return names
+    rank = {stage: i for i, stage in enumerate(order)}
+    return sorted(names, key=lambda n: rank.get(Path(ctx.inputs[n].dir).name, len(order)))
+
+
+def paired_comparisons(rows: list[dict], names: list[str]) -> dict[str, Any]:
+    """Each checkpoint against the one before it in ``names``, per set, on the greedy verdicts of the
+    problems both could be judged on: ``<name>/<set>/delta`` (accuracy gained, in [-1, 1]) and
+    ``<name>/<set>/p_mcnemar`` (McNemar's exact two-sided p-value; the stages' claim to a gain)."""
+    passed: dict[tuple[str, str], dict[str, bool]] = {}
+    for r in rows:
+        if r["mode"] == "greedy" and r["error_kind"] is None:
+            passed.setdefault((r["model"], r["set"]), {})[r["problem_id"]] = bool(r["passed"])
+    out: dict[str, Any] = {}
+    for prev, cur in zip(names, names[1:]):
+        for (model, set_name), after in passed.items():
+            if model != cur or (prev, set_name) not in passed:
+                continue
+            before = passed[(prev, set_name)]
+            ids = sorted(set(before) & set(after))
+            res = mcnemar([before[i] for i in ids], [after[i] for i in ids])
+            out[f"{cur}/{set_name}/delta"] = round(res.delta, 6)
+            out[f"{cur}/{set_name}/p_mcnemar"] = round(res.p_value, 6)
+    return out
+
+
 def _build_policy(model_path: str, cfg: EvalConfig, device: str):
     from transformers import AutoTokenizer
 
     import alignment.model  # noqa: F401  (registers yi_lightning; see synth/stage.py PolicySpec.build)
 
     from alignment.sampling import build_sampler
-    from synth.search.tree import chat_render
+    from alignment.tasks.format import chat_render
 
     from alignment.checkpoints import check_model_dir
 
     check_model_dir(model_path, "eval model")
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     sampler = build_sampler(dict(cfg.sampler), model_path, tokenizer=tokenizer, device=device)
-    return sampler, chat_render(tokenizer) if tokenizer.chat_template else default_render
+    return sampler, chat_render(tokenizer) if tokenizer.chat_template else plain_render
 
 
 def run(cfg: EvalConfig, ctx: StageContext) -> StageResult:
     """Stage runner: evaluates every input checkpoint (or those named in ``cfg.models``)."""
-    names = list(cfg.models) or list(ctx.inputs)
+    names = list(cfg.models) or _in_pipeline_order(ctx)
     if not names:
         raise ValueError(f"stage {ctx.name}: no checkpoints to evaluate (give inputs, e.g. inputs: {{policy: sft_hard}})")
     sets = load_eval_sets(list(cfg.sets))
@@ -203,6 +244,8 @@ def run(cfg: EvalConfig, ctx: StageContext) -> StageResult:
         m, r = evaluate_sampler(sampler, render, sets, cfg, prefix="" if single else name)
         metrics.update(m)
         rows.extend(r)
+    if not single:
+        metrics.update(paired_comparisons(rows, names))
     ctx.stage_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(Path(ctx.stage_dir) / "report.json", {"models": names, "metrics": metrics, "sets": {n: len(p) for n, p in sets}})
     atomic_write_jsonl(Path(ctx.stage_dir) / "samples.jsonl", rows)

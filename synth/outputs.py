@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from alignment.artifacts import atomic_write_text, git_commit
+from alignment.paths import DATA_CARDS_DIR
 
 GENERATOR_VERSION = "synth-1"
-CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "data_cards" / "synth_generated.md"
+CARD_TEMPLATE = DATA_CARDS_DIR / "synth_generated.md"
 
 
 def _rank(c: dict) -> tuple:

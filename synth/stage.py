@@ -38,9 +38,10 @@ from omegaconf import MISSING
 
 from alignment.artifacts import atomic_write_json, atomic_write_jsonl, config_hash, content_hash, file_hash
 from alignment.stage import StageContext, StageResult
+from alignment.tasks.format import user_message
 from synth.outputs import GENERATOR_VERSION, build_datasets, summarize, write_card
 from synth.problems import EVAL_ONLY, Problem, load_problems
-from synth.search.tree import SearchConfig, derive_seed, user_message
+from synth.search.tree import SearchConfig, derive_seed
 
 WORK_DIR = ".synth-work"  # dot-prefixed: scratch, not part of the stage's content hash
 
@@ -138,12 +139,12 @@ class PolicySpec:
 
     def build(self):
         """(sampler, render function)."""
-        from synth.search.tree import chat_render, default_render
+        from alignment.tasks.format import chat_render, plain_render
 
         if self.kind == "reference":
             from synth.search.scripted import ScriptedSampler
 
-            return ScriptedSampler([Problem.from_dict(p) for p in self.problems], self.p_correct), default_render
+            return ScriptedSampler([Problem.from_dict(p) for p in self.problems], self.p_correct), plain_render
         if self.kind != "checkpoint":
             raise ValueError(f"policy must be 'checkpoint' or 'reference', got {self.kind!r}")
         from transformers import AutoTokenizer
@@ -155,7 +156,7 @@ class PolicySpec:
 
         tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         sampler = build_sampler(self.sampler, self.model_path, tokenizer=tokenizer, device=self.device)
-        render = chat_render(tokenizer) if tokenizer.chat_template else default_render
+        render = chat_render(tokenizer) if tokenizer.chat_template else plain_render
         return sampler, render
 
 

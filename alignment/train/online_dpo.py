@@ -62,6 +62,7 @@ from alignment.safety import GuardConfig, GuardedSampler, SafetyConfig, SafetyFi
 from alignment.sampling import Prompt, Sample, Sampler, SamplerConfig, SamplingParams
 from alignment.sampling.text import encode_prompts
 from alignment.stage import StageContext, StageResult
+from alignment.tasks.format import task_message
 from alignment.train.dpo import DPOTrainArgs, load_policy, train_dpo
 from alignment.train.losses import dpo_implicit_rewards, dpo_loss, sequence_logprobs
 from alignment.train.pairs import Candidate, Drop, PairRule, PairStats, select_pair
@@ -173,11 +174,17 @@ def to_prompt_item(obj: Any, index: int, where: str, chat: bool) -> PromptItem:
     prompt = row.get("prompt")
     if not (isinstance(prompt, str) and prompt.strip()) and not _is_messages(prompt):
         raise ValueError(f"{where}: item {index} has no usable 'prompt' (a non-empty string or chat messages)")
-    if isinstance(prompt, str) and chat:
-        prompt = [{"role": "user", "content": prompt}]
     known = row.get("answer") is not None or row.get("tests") is not None
     if known and not row.get("kind"):
         raise ValueError(f"{where}: item {index} has an answer/tests but no 'kind' (which verifier to use)")
+    if isinstance(prompt, str) and known:
+        # a task (math/code with a verifier): worded as SFT, synth and eval word it (alignment/tasks/format.py)
+        try:
+            prompt = task_message(row["kind"], prompt)
+        except ValueError as e:
+            raise ValueError(f"{where}: item {index}: {e}") from None
+    if isinstance(prompt, str) and chat:
+        prompt = [{"role": "user", "content": prompt}]
     problem = None
     if known:
         problem = row.pop("_problem", None) or SimpleNamespace(**{k: v for k, v in row.items() if k != "_problem"})

@@ -18,6 +18,7 @@ from fractions import Fraction
 from random import Random
 from typing import Callable
 
+from alignment.tasks.format import math_solution
 from synth.problems import Problem, split_by_key
 
 HELDOUT_FRAC = 0.25
@@ -242,7 +243,7 @@ def load_templates(split: str, n: int | None, seed: int, lang: str = "mixed", le
                 answer=fmt(item.answer),
                 difficulty=float(level),
                 source="templates",
-                meta={"template": name, "split": split, "lang": use, "reference": "\n".join(steps + [f"#### {fmt(item.answer)}"])},
+                meta={"template": name, "split": split, "lang": use, "reference": math_solution(steps, fmt(item.answer))},
             )
         )
     return out

@@ -20,13 +20,14 @@ import time
 from typing import Callable
 
 from alignment.sampling.base import Sampler
+from alignment.tasks.format import plain_render
 from synth.problems import Problem
-from synth.search.tree import Node, SearchConfig, SearchResult, StepPolicy, default_render, normalize_step
+from synth.search.tree import Node, SearchConfig, SearchResult, StepPolicy, normalize_step
 from synth.verify.math import step_arithmetic_ok
 
 
 def dfs_search(problem: Problem, sampler: Sampler, verifier, cfg: SearchConfig, seed: int = 0,
-               render: Callable[[Problem], str] = default_render) -> SearchResult:
+               render: Callable[[Problem], str] = plain_render) -> SearchResult:
     policy = StepPolicy(sampler, problem, verifier, cfg, seed, render)
     root = policy.new_node("", None)
     seen: set[str] = {""}

@@ -26,8 +26,9 @@ import time
 from typing import Callable
 
 from alignment.sampling.base import Sampler
+from alignment.tasks.format import plain_render
 from synth.problems import Problem
-from synth.search.tree import Node, SearchConfig, SearchResult, StepPolicy, default_render
+from synth.search.tree import Node, SearchConfig, SearchResult, StepPolicy
 
 
 def puct_select(node: Node, c_puct: float) -> Node:
@@ -56,7 +57,7 @@ def _evaluate(policy: StepPolicy, children: list[Node]) -> None:
 
 
 def mcts_search(problem: Problem, sampler: Sampler, verifier, cfg: SearchConfig, seed: int = 0,
-                render: Callable[[Problem], str] = default_render) -> SearchResult:
+                render: Callable[[Problem], str] = plain_render) -> SearchResult:
     policy = StepPolicy(sampler, problem, verifier, cfg, seed, render)
     root = policy.new_node("", None)
     sims = 0

@@ -19,8 +19,9 @@ from random import Random
 from typing import Callable, Sequence
 
 from alignment.sampling.base import Sample, SamplingParams
+from alignment.tasks.format import plain_render
 from synth.problems import Problem
-from synth.search.tree import default_render, separator
+from synth.search.tree import separator
 
 _LAST_NUM = re.compile(r"(-?\d+)(?!.*\d)", re.DOTALL)
 
@@ -46,7 +47,7 @@ class ScriptedSampler:
         render (`Callable`, *optional*): the same render function the search uses.
     """
 
-    def __init__(self, problems: Sequence[Problem], p_correct: float = 0.7, render: Callable[[Problem], str] = default_render):
+    def __init__(self, problems: Sequence[Problem], p_correct: float = 0.7, render: Callable[[Problem], str] = plain_render):
         self.p_correct = p_correct
         self.by_prefix = {render(p): p for p in problems}
         self.calls = 0

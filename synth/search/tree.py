@@ -28,14 +28,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from alignment.sampling.base import Sampler, SamplingParams
+from alignment.tasks.format import plain_render
 from synth.problems import Problem
 from synth.verify import Verdict
 
-MATH_INSTRUCTION = (
-    "Solve the problem step by step, one step per line. "
-    "Write the final answer on the last line as '#### <answer>'."
-)
-CODE_INSTRUCTION = "Solve the task in Python. Answer with one ```python code block containing the complete function."
 _FINAL_RE = re.compile(r"####|\\boxed\{|\banswer is\b|\banswer\s*:|答案", re.IGNORECASE)
 
 
@@ -165,27 +161,6 @@ class SearchResult:
         return out
 
 
-def default_render(problem: Problem) -> str:
-    """Plain-text prompt (used when the tokenizer has no chat template)."""
-    instr = MATH_INSTRUCTION if problem.kind == "math" else CODE_INSTRUCTION
-    return f"{instr}\n\nProblem:\n{problem.prompt}\n\nSolution:\n"
-
-
-def user_message(problem: Problem) -> str:
-    instr = MATH_INSTRUCTION if problem.kind == "math" else CODE_INSTRUCTION
-    return f"{instr}\n\n{problem.prompt}"
-
-
-def chat_render(tokenizer) -> Callable[[Problem], str]:
-    """Render with the tokenizer's chat template (user turn + generation prompt)."""
-
-    def render(problem: Problem) -> str:
-        msgs = [{"role": "user", "content": user_message(problem)}]
-        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-
-    return render
-
-
 def separator(kind: str) -> str:
     return "\n" if kind == "math" else "\n\n"
 
@@ -206,7 +181,7 @@ class StepPolicy:
     """Wraps a Sampler for one problem: proposes steps, rolls out, verifies, keeps budgets."""
 
     def __init__(self, sampler: Sampler, problem: Problem, verifier, cfg: SearchConfig, seed: int,
-                 render: Callable[[Problem], str] = default_render):
+                 render: Callable[[Problem], str] = plain_render):
         self.sampler, self.problem, self.verifier, self.cfg = sampler, problem, verifier, cfg
         self.seed = seed
         self.prefix = render(problem)

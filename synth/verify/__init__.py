@@ -29,15 +29,21 @@ class Verdict:
             judges the response; ``"infra"`` when the verifier could not judge it (sandbox
             failed to start, harness crashed before the candidate ran). Callers must not
             train on or score such verdicts as failures.
+        formatted (`bool`, *optional*, defaults to `True`): the response has the required form (a
+            final answer the math verifier can find and parse; a code block that parses and defines
+            the entry point), whether or not it is right. Format compliance is the eval metric
+            that a small model moves first.
     """
 
     passed: bool
     score: float
     detail: str
     error_kind: str | None = None
+    formatted: bool = True
 
     def to_dict(self) -> dict[str, Any]:
-        return {"passed": self.passed, "score": self.score, "detail": self.detail, "error_kind": self.error_kind}
+        return {"passed": self.passed, "score": self.score, "detail": self.detail, "error_kind": self.error_kind,
+                "formatted": self.formatted}
 
 
 def get_verifier(kind: str, **kwargs: Any):

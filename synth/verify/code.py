@@ -352,15 +352,15 @@ class CodeVerifier:
             return Verdict(False, 0.0, f"problem {problem.id} has no tests/entry_point", error_kind="bad_reference")
         code = extract_code(response, problem.entry_point, problem.prompt)
         if code is None:
-            return Verdict(False, 0.0, "no code found")
+            return Verdict(False, 0.0, "no code found", formatted=False)
         try:
             ast.parse(code)
         except SyntaxError as e:
-            return Verdict(False, 0.0, f"syntax error: line {e.lineno}: {e.msg}")
+            return Verdict(False, 0.0, f"syntax error: line {e.lineno}: {e.msg}", formatted=False)
         except (ValueError, RecursionError, MemoryError) as e:
-            return Verdict(False, 0.0, f"unparsable code: {type(e).__name__}")
+            return Verdict(False, 0.0, f"unparsable code: {type(e).__name__}", formatted=False)
         if not _defines(code, problem.entry_point):
-            return Verdict(False, 0.0, f"no function {problem.entry_point!r} defined")
+            return Verdict(False, 0.0, f"no function {problem.entry_point!r} defined", formatted=False)
         return self.verdict_from(self.sandbox.run(code, problem.tests, problem.entry_point))
 
     def verdict_from(self, res: SandboxResult) -> Verdict:

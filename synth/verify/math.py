@@ -246,12 +246,12 @@ class MathVerifier:
             return Verdict(False, 0.0, f"unparsable reference answer {gold_text!r}", error_kind="bad_reference")
         pred_text = extract_answer(response)
         if pred_text is None:
-            return Verdict(False, 0.0, "no answer found")
+            return Verdict(False, 0.0, "no answer found", formatted=False)
         if len(pred_text) > MAX_ANSWER_CHARS:
-            return Verdict(False, 0.0, f"answer too long ({len(pred_text)} chars)")
+            return Verdict(False, 0.0, f"answer too long ({len(pred_text)} chars)", formatted=False)
         pred = parse_math(pred_text)
         if pred is None:
-            return Verdict(False, 0.0, f"unparsable answer {pred_text[:60]!r}")
+            return Verdict(False, 0.0, f"unparsable answer {pred_text[:60]!r}", formatted=False)
         try:
             ok = answers_match(pred, gold)
         except Exception as e:  # noqa: BLE001 - sympy may raise anything on odd input; the response is untrusted

@@ -109,7 +109,12 @@ def test_builtin_sources_are_real_data():
     math = load_source(SourceSpec(name="m", path="builtin:synthetic_math", size=50), seed=3)
     assert len(en.records) > 2000 and len(zh.records) > 450
     assert any("\u4e00" <= ch <= "\u9fff" for ch in zh.records[0]["messages"][0]["content"])
-    assert len(math.records) == 50 and all("\\boxed{" in r["messages"][-1]["content"] for r in math.records)
+    # asked and answered in the one task format (alignment/tasks/format.py)
+    from alignment.tasks.format import MATH_INSTRUCTION, split_final_answer
+
+    assert len(math.records) == 50
+    assert all(r["messages"][0]["content"].startswith(MATH_INSTRUCTION) for r in math.records)
+    assert all(split_final_answer(r["messages"][-1]["content"])[1] for r in math.records)
     assert all(r["source"] == "m" for r in math.records)
     again = load_source(SourceSpec(name="m", path="builtin:synthetic_math", size=50), seed=3)
     assert again.records == math.records

@@ -6,6 +6,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelF
 
 import alignment  # noqa: F401  (registers the Auto classes)
 from alignment.model import YiLightningConfig, YiLightningForCausalLM, YiLightningForSequenceClassification, load_preset
+from alignment.model.modeling import CPU_ALIGNMENT
 from tests.fixtures_model import build_tiny_model
 
 
@@ -38,12 +39,50 @@ def test_auto_classes_and_save_load_identical(tmp_path):
     assert set(cfg.auto_map) == {"AutoConfig", "AutoModel", "AutoModelForCausalLM", "AutoModelForSequenceClassification"}
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     assert isinstance(loaded, YiLightningForCausalLM)
+    # the weights round-trip bit for bit, stay tied, and sit in 64-byte aligned memory like the
+    # in-memory model's (not at the safetensors file's offsets: see realign_cpu_tensors)
+    saved = model.state_dict()
+    assert all(torch.equal(saved[k], v) for k, v in loaded.state_dict().items()) and saved.keys() == loaded.state_dict().keys()
+    assert loaded.lm_head.weight is loaded.model.embed_tokens.weight
+    assert all(p.data_ptr() % CPU_ALIGNMENT == 0 for p in loaded.parameters())
     x = torch.randint(0, cfg.vocab_size, (2, 24))
     with torch.no_grad():
         assert torch.equal(model(x).logits, loaded(x).logits)
     assert type(AutoModel.from_pretrained(tmp_path)).__name__ == "YiLightningModel"
     rm = AutoModelForSequenceClassification.from_pretrained(tmp_path, num_labels=1)
     assert isinstance(rm, YiLightningForSequenceClassification)
+
+
+SAVE_LOAD_SCRIPT = """
+import sys, torch
+torch.set_num_threads(1)
+from transformers import AutoModelForCausalLM
+from tests.fixtures_model import build_tiny_model
+model = build_tiny_model()
+model.save_pretrained(sys.argv[1])
+loaded = AutoModelForCausalLM.from_pretrained(sys.argv[1]).eval()
+x = torch.randint(0, model.config.vocab_size, (2, 24))
+with torch.no_grad():
+    a, b = model(x).logits, loaded(x).logits
+print("max_abs_diff", (a - b).abs().max().item())
+sys.exit(0 if torch.equal(a, b) else 1)
+"""
+
+
+def test_save_load_identical_on_mkl_sse_path(tmp_path):
+    """The clean-machine failure, reproduced on any x86 box: MKL's SSE4.2 sgemm rounds differently
+    for unaligned operands, which a load straight from the safetensors map used to give us."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "OMP_NUM_THREADS": "1"}
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", SAVE_LOAD_SCRIPT, str(tmp_path)], cwd=root, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "max_abs_diff 0.0" in out.stdout
 
 
 def test_sequence_classification_reads_last_real_token(tiny_config):

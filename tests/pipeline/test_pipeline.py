@@ -168,6 +168,21 @@ def test_report_has_table_and_embedded_plots(tmp_path):
     assert (tmp_path / "report_assets" / "time_per_stage.png").stat().st_size > 1000
     page = (tmp_path / "report.html").read_text()
     assert page.count("data:image/png;base64,") >= 1 and "<td>train</td>" in page
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["stages"]["total"]["status"] == "completed" and report["stages"]["total"]["metrics"]["sum"] == 45
+    assert report["card"]["commit"] and report["card"]["versions"]["torch"] != "not installed"
+    assert md.count("Ran: ") == 1 and report["card"]["date_utc"] in md
+
+
+def test_eval_table_shows_intervals_and_paired_change():
+    from alignment.report import eval_table
+
+    metrics = {"a/s/acc": 0.25, "a/s/acc_lo": 0.2, "a/s/acc_hi": 0.31, "a/s/format": 0.9, "a/s/n": 200,
+               "b/s/acc": 0.4, "b/s/acc_lo": 0.33, "b/s/acc_hi": 0.47, "b/s/format": 1.0, "b/s/n": 200,
+               "b/s/delta": 0.15, "b/s/p_mcnemar": 0.0004, "b/s/sample_s": 3.0}
+    rows = eval_table(metrics, ["a", "b", "eval"])
+    assert rows[2] == "| a | s | 0.250 [0.200, 0.310] | 0.900 | 200 | - |"
+    assert rows[3] == "| b | s | 0.400 [0.330, 0.470] | 1.000 | 200 | +0.150 (p=0.0004) |"
 
 
 def test_stage_under_accelerate_launch(tmp_path, capsys):

@@ -90,11 +90,13 @@ def test_split_by_prompt_is_disjoint_deterministic_and_format_blind():
 
 
 def test_reference_pairs_pass_and_fail_the_math_verifier():
+    from alignment.tasks.format import user_message
     from synth.problems import load_problems
     from synth.verify import get_verifier
 
     pairs = reference_pairs("templates", "train", n=12, seed=0)
-    problems = {p.prompt: p for p in load_problems("templates", "train", n=12, seed=0)}
+    # the reward model sees the prompt the policy saw: the task's one user turn
+    problems = {user_message(p): p for p in load_problems("templates", "train", n=12, seed=0)}
     verifier = get_verifier("math")
     assert len(pairs) >= 10
     for pair in pairs:

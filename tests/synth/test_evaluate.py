@@ -6,9 +6,9 @@ import json
 import pytest
 
 from alignment.stage import InputArtifact, StageContext
-from synth.evaluate import EvalConfig, EvalSetSpec, evaluate_sampler, load_eval_sets, pass_at_k, run
+from alignment.tasks.format import plain_render
+from synth.evaluate import EvalConfig, EvalSetSpec, evaluate_sampler, load_eval_sets, paired_comparisons, pass_at_k, run
 from synth.search.scripted import ScriptedSampler
-from synth.search.tree import default_render
 
 
 @pytest.mark.parametrize("n, c, k, want", [(10, 0, 1, 0.0), (10, 10, 5, 1.0), (5, 2, 1, 0.4), (4, 1, 2, 0.5), (10, 3, 10, 1.0)])
@@ -31,8 +31,11 @@ def test_heldout_accuracy_with_scripted_policy(p_correct, want):
     sets = load_eval_sets([EvalSetSpec("templates", "heldout", 6), EvalSetSpec("humaneval", "test", 2)])
     sampler = ScriptedSampler([p for _, ps in sets for p in ps], p_correct=p_correct)
     cfg = EvalConfig(sets=[], num_samples=2, pass_k=[1, 2])
-    metrics, rows = evaluate_sampler(sampler, default_render, sets, cfg)
+    metrics, rows = evaluate_sampler(sampler, plain_render, sets, cfg)
     assert metrics["templates_heldout/acc"] == want and metrics["templates_heldout/n"] == 6
+    lo, hi = metrics["templates_heldout/acc_lo"], metrics["templates_heldout/acc_hi"]
+    assert lo <= want <= hi and hi - lo > 0.2  # n=6: a wide interval
+    assert metrics["templates_heldout/format"] == 1.0  # scripted answers, right or wrong, are readable
     assert metrics["humaneval_test/pass@1"] == want
     assert metrics["humaneval_test/pass@2_sampled"] == want
     assert len(rows) == 6 + 2 + 2 * 2
@@ -55,3 +58,42 @@ def test_eval_stage_on_two_checkpoints(tmp_path, tiny_model, tiny_tokenizer):
     assert all(isinstance(v, (int, float)) for v in res.metrics.values())  # flat
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert report["models"] == ["sft_broad", "sft_hard"]
+
+
+def test_format_compliance_separates_unreadable_from_wrong():
+    from synth.problems import Problem
+    from synth.verify import get_verifier
+
+    math_v = get_verifier("math")
+    p = Problem(id="t1", kind="math", prompt="What is 2+3?", answer="5")
+    assert math_v.verify(p, "so the answer is \\boxed{6}").formatted  # wrong but readable
+    assert not math_v.verify(p, "I like turtles").formatted
+    assert math_v.verify(p, "\\boxed{5}").to_dict()["formatted"] is True
+
+
+def test_paired_comparisons_follow_input_order():
+    def rows(model, passed):
+        return [{"model": model, "set": "s", "problem_id": i, "mode": "greedy", "passed": ok, "error_kind": None}
+                for i, ok in enumerate(passed)]
+
+    base = [False] * 20
+    better = [True] * 12 + [False] * 8
+    same = list(better)
+    out = paired_comparisons(rows("base", base) + rows("sft", better) + rows("dpo", same)
+                             + [{"model": "sft", "set": "s", "problem_id": 0, "mode": "sampled", "passed": False,
+                                 "error_kind": None}], ["base", "sft", "dpo"])
+    assert out["sft/s/delta"] == pytest.approx(0.6) and out["sft/s/p_mcnemar"] < 1e-3
+    assert out["dpo/s/delta"] == 0.0 and out["dpo/s/p_mcnemar"] == 1.0
+    assert "base/s/delta" not in out
+
+
+def test_checkpoints_are_compared_in_pipeline_order(tmp_path):
+    from omegaconf import OmegaConf
+
+    from synth.evaluate import _in_pipeline_order
+
+    # a recipe's inputs mapping lists the stage defaults first and the pipeline's additions after
+    inputs = {n: InputArtifact(n, tmp_path / n, {}, {}) for n in ("sft_broad", "dpo_r2", "base")}
+    root = OmegaConf.create({"pipeline": {"order": ["base", "sft_broad", "synth", "dpo_r2", "eval"]}})
+    ctx = StageContext(name="eval", run_dir=tmp_path, stage_dir=tmp_path / "eval", inputs=inputs, root=root)
+    assert _in_pipeline_order(ctx) == ["base", "sft_broad", "dpo_r2"]

@@ -16,6 +16,7 @@ import torch
 
 from alignment.sampling import SamplerConfig
 from alignment.stage import InputArtifact, StageContext
+from alignment.tasks.format import task_message
 from alignment.train.dpo import DPOTrainArgs
 from alignment.train.online_dpo import OnlineDPOConfig, PromptsConfig, load_prompts, to_prompt_item
 from alignment.train.pairs import PairRule
@@ -164,9 +165,13 @@ def test_two_online_rounds_on_tiny_model(tmp_path, tiny_tokenizer, monkeypatch):
 def test_prompt_items_from_rows_problems_and_strings(tmp_path):
     problem = SimpleNamespace(id="gsm/1", kind="math", prompt="1+1?", answer="2", tests=None)
     item = to_prompt_item(problem, 0, "src", chat=True)
-    assert item.problem is problem and item.kind == "math" and item.prompt == [{"role": "user", "content": "1+1?"}]
+    # a task is worded as SFT, synth and eval word it: the math instruction, then the problem
+    assert item.problem is problem and item.kind == "math"
+    assert item.prompt == [{"role": "user", "content": task_message("math", "1+1?")}]
     item = to_prompt_item({"prompt": "hi"}, 3, "src", chat=False)
-    assert (item.id, item.prompt, item.problem) == ("3", "hi", None)
+    assert (item.id, item.prompt, item.problem) == ("3", "hi", None)  # free prompts (no verifier) go as they are
+    with pytest.raises(ValueError, match="unknown task kind 'poem'"):
+        to_prompt_item({"prompt": "x", "kind": "poem", "answer": "y"}, 0, "src", chat=True)
     item = to_prompt_item({"id": "x", "prompt": "2+2?", "kind": "math", "answer": "4"}, 0, "src", chat=True)
     assert item.problem.answer == "4"
     with pytest.raises(ValueError, match="item 1 has no usable 'prompt'"):

@@ -578,6 +578,9 @@ def explain_compose_error(e: Exception, args: list[str]) -> str:
         if "." not in key:
             known = ", ".join(f.name for f in dataclasses.fields(RootConfig))
             return f"{key}: unknown key; known top-level keys: {known} (stage fields are stage.<name>.<field>)"
+        through = _interpolation_on_path([a for a in args if a != override], key)
+        if through is not None:
+            return through
         # compose again with the key added, only to let plan() name the block and its known keys
         try:
             cfg = compose([("+" + a if a == override else a) for a in args])
@@ -589,6 +592,27 @@ def explain_compose_error(e: Exception, args: list[str]) -> str:
                 return one_line(str(again))
         return f"{key}: unknown key ({cause_msg}); add it anyway with +{override}"
     return one_line(str(e))
+
+
+def _interpolation_on_path(args: list[str], key: str) -> str | None:
+    """When ``key`` passes through an interpolated block (``stage.sft_broad.mixture`` is
+    ``${data.sft_broad}``), say which key to override instead; None otherwise."""
+    try:
+        node: Any = compose(args)
+    except Exception:  # noqa: BLE001  the other overrides fail too: the caller's message stands
+        return None
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        if not isinstance(node, DictConfig) or part not in node:
+            return None
+        if OmegaConf.is_interpolation(node, part):
+            ref = str(node._get_node(part)._value())
+            if ref.startswith("${") and ref.endswith("}") and ref.count("${") == 1:
+                target = ".".join([ref[2:-1], *parts[i + 1:]])
+                return f"{key}: {'.'.join(parts[:i + 1])} is {ref}; override {target} instead"
+            return None
+        node = node._get_node(part)
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:

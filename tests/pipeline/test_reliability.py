@@ -91,6 +91,8 @@ CASES = [
     Case("unknown top-level key", lambda run, tmp: ["stepz=3", *SFT], ["stepz: unknown key", "known top-level keys"]),
     Case("unknown stage key", lambda run, tmp: ["stage.sft_broad.stepz=3", *SFT],
          ["stage.sft_broad.stepz", "known keys of SFTStageConfig"]),
+    Case("key behind an interpolation", lambda run, tmp: [*SFT, "stage.sft_broad.mixture.target_count=3"],
+         ["stage.sft_broad.mixture is ${data.sft_broad}", "override data.sft_broad.target_count instead"]),
     Case("unknown stage", lambda run, tmp: ["stages=[sft_broad,nope]"], ["unknown stage 'nope'"]),
     Case("negative steps", lambda run, tmp: [*TINY_BASE, "stage.base.max_steps=-5"], ["stage.base.max_steps=-5", ">= 0"]),
     Case("zero batch size", lambda run, tmp: ["stage.sft_broad.per_device_train_batch_size=0", *SFT],

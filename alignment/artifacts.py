@@ -11,8 +11,13 @@ Layout::
     runs/<run_name>/
       manifest.json         per stage: status, config hash, input hashes, outputs, metrics, wall time
       config.yaml           the composed recipe of the last invocation
+      .yialign.lock         the run's lock (one writer at a time: run_lock); .yialign.lock.json names the holder
       <stage>/              one folder per stage; the stage writes only there
-        checkpoints/        trainer checkpoints (resume)
+        checkpoints/        trainer checkpoints (resume; deleted once the stage completes unless keep_checkpoints)
+
+Files are created with the permissions the umask allows (``0666 & ~umask``), as ``open`` would.
+Every JSONL file is read through :func:`iter_jsonl`: bad UTF-8, invalid JSON or a line longer than
+the row-size limit raise :class:`alignment.errors.BadRowError` naming the file and line.
 """
 
 from __future__ import annotations

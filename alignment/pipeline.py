@@ -16,6 +16,14 @@ says it already completed with the same config hash and input hashes. A stage
 interrupted before completion is rerun with its stage folder kept, so a training stage
 resumes from its last checkpoint. A changed stage is rerun from scratch and, because its
 outputs change, so is everything downstream of it.
+
+One process at a time works on a run directory (``run_lock``; ``lock_timeout=S`` waits). A
+user error (``alignment.errors.UserError``: bad config value, data row, input or checkpoint,
+corrupt manifest, locked or unwritable run directory) prints one line and exits 2; the config,
+its ranges and the files the selected stages name are checked before the run directory is
+touched, and a stage that stops on a user error gets its folder, manifest entry and
+``config.yaml`` back as they were. A finished stage's trainer checkpoints are deleted unless
+``keep_checkpoints=true``.
 """
 
 from __future__ import annotations

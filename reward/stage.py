@@ -38,6 +38,7 @@ import torch
 from omegaconf import MISSING
 
 from alignment.artifacts import atomic_write_jsonl, atomic_write_text
+from alignment.errors import ConfigError, DataError
 from alignment.paths import DATA_CARDS_DIR
 from alignment.stage import StageContext, StageResult
 from reward.pairs import curate_pairs, load_pairs, prompt_key, split_by_prompt
@@ -129,7 +130,7 @@ def run(cfg: RewardStageConfig, ctx: StageContext) -> StageResult:
     device = ctx.device if ctx.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     for name in cfg.phases:
         if name not in ("pretrain", "finetune"):
-            raise ValueError(f"stage '{ctx.name}': unknown phase {name!r} in phases (expected pretrain, finetune)")
+            raise ConfigError(f"stage '{ctx.name}': unknown phase {name!r} in phases (expected pretrain, finetune)")
 
     # ---- data: per phase, split by prompt (one hash, so held-out prompts agree across phases)
     splits, held_out, sets = {}, {}, {}
@@ -147,7 +148,7 @@ def run(cfg: RewardStageConfig, ctx: StageContext) -> StageResult:
         for r in evals:
             held_out.setdefault((prompt_key(r["prompt"]), r["chosen"], r["rejected"]), r)
     if not splits:
-        raise ValueError(f"stage '{ctx.name}': no phase has training pairs; check the sources of "
+        raise DataError(f"stage '{ctx.name}': no phase has training pairs; check the sources of "
                          f"{', '.join(cfg.phases)} (an input stage with no pairs needs another source)")
     held = list(held_out.values())
     if len(held) > cfg.max_heldout_pairs:

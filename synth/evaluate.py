@@ -35,6 +35,7 @@ from typing import Any
 from omegaconf import MISSING
 
 from alignment.artifacts import atomic_write_json, atomic_write_jsonl
+from alignment.errors import ConfigError
 from alignment.sampling.base import SamplingParams
 from alignment.stage import StageContext, StageResult
 from alignment.stats import accuracy_ci, mcnemar
@@ -107,7 +108,7 @@ def load_eval_sets(specs: list[EvalSetSpec]) -> list[tuple[str, list[Problem]]]:
     out = []
     for i, spec in enumerate(specs):
         if spec.split == "train":
-            raise ValueError(f"sets[{i}]: eval uses held-out or test splits only, got {spec.source}/train")
+            raise ConfigError(f"sets[{i}]: eval uses held-out or test splits only, got {spec.source}/train")
         name = spec.name or f"{spec.source}_{spec.split}"
         out.append((name, load_problems(spec.source, spec.split, spec.n, spec.seed)))
     return out
@@ -233,7 +234,7 @@ def run(cfg: EvalConfig, ctx: StageContext) -> StageResult:
     """Stage runner: evaluates every input checkpoint (or those named in ``cfg.models``)."""
     names = list(cfg.models) or _in_pipeline_order(ctx)
     if not names:
-        raise ValueError(f"stage {ctx.name}: no checkpoints to evaluate (give inputs, e.g. inputs: {{policy: sft_hard}})")
+        raise ConfigError(f"stage {ctx.name}: no checkpoints to evaluate (give inputs, e.g. inputs: {{policy: sft_hard}})")
     sets = load_eval_sets(list(cfg.sets))
     metrics: dict[str, Any] = {}
     rows: list[dict] = []

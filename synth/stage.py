@@ -37,6 +37,7 @@ from typing import Any
 from omegaconf import MISSING
 
 from alignment.artifacts import atomic_write_json, atomic_write_jsonl, config_hash, content_hash, file_hash
+from alignment.errors import ConfigError
 from alignment.stage import StageContext, StageResult
 from alignment.tasks.format import user_message
 from synth.outputs import GENERATOR_VERSION, build_datasets, summarize, write_card
@@ -114,12 +115,12 @@ def build_problems(specs: list[ProblemSpec]) -> list[Problem]:
     for i, spec in enumerate(specs):
         spec = spec if isinstance(spec, ProblemSpec) else ProblemSpec(**spec)
         if spec.source in EVAL_ONLY or spec.split != "train":
-            raise ValueError(f"problems[{i}]: synth generates training data; {spec.source}/{spec.split} is held out or eval-only")
+            raise ConfigError(f"problems[{i}]: synth generates training data; {spec.source}/{spec.split} is held out or eval-only")
         problems.extend(load_problems(spec.source, spec.split, spec.n, spec.seed))
     ids = [p.id for p in problems]
     if len(set(ids)) != len(ids):
         dup = sorted({x for x in ids if ids.count(x) > 1})[:3]
-        raise ValueError(f"problems: duplicate problem ids {dup} (two specs with the same source and seed?)")
+        raise ConfigError(f"problems: duplicate problem ids {dup} (two specs with the same source and seed?)")
     return problems
 
 
@@ -146,7 +147,7 @@ class PolicySpec:
 
             return ScriptedSampler([Problem.from_dict(p) for p in self.problems], self.p_correct), plain_render
         if self.kind != "checkpoint":
-            raise ValueError(f"policy must be 'checkpoint' or 'reference', got {self.kind!r}")
+            raise ConfigError(f"policy must be 'checkpoint' or 'reference', got {self.kind!r}")
         from transformers import AutoTokenizer
 
         import alignment.model  # noqa: F401  (registers yi_lightning before the tokenizer reads config.json; the

@@ -28,6 +28,7 @@ from alignment.data.hard import HardSelectionSpec, SeedExpander, select_hardest
 from alignment.data.mixture import MixtureSpec, build_mixture, source_targets
 from alignment.data.records import BadRowError, normalize_row
 from alignment.data.sources import LoadedSource, SourceSpec, load_source
+from alignment.errors import ConfigError
 
 Scorer = Callable[[list[dict]], list[float]]
 Rater = Callable[[list[dict]], list[Optional[float]]]
@@ -127,7 +128,7 @@ def assemble(
             safety_info["by_source"][src.spec.name] = stats.as_card()
     for src in extra:
         if any(s.spec.name == src.spec.name for s in loaded):
-            raise ValueError(f"extra source '{src.spec.name}' has the name of a recipe source")
+            raise ConfigError(f"extra source '{src.spec.name}' has the name of a recipe source")
     dropped, decontam_info = _decontaminate_all(loaded + list(extra), decontam)
     # Extra (synth) records are taken whole; if they alone exceed the target, a seeded sample of
     # them fills it (build_mixture draws without replacement) and the recipe sources get nothing.
@@ -148,7 +149,7 @@ def assemble(
         names = set(hard.pool_sources) if hard.pool_sources is not None else {s.name for s in mixture.sources}
         unknown = names - {s.name for s in mixture.sources}
         if unknown:
-            raise ValueError(f"hard.pool_sources names {sorted(unknown)}, not sources of mixture '{mixture.name}'")
+            raise ConfigError(f"hard.pool_sources names {sorted(unknown)}, not sources of mixture '{mixture.name}'")
         per_source = _rank_hard(loaded, targets[: len(loaded)], hard, names, seed, scorer, rater)
         hard_info = {"enabled": True, "pass_rate": rater is not None, "per_source": per_source}
 

@@ -33,6 +33,7 @@ from tqdm import tqdm
 from alignment.artifacts import read_jsonl
 from alignment.data.builtin import package_dir
 from alignment.data.records import record_text
+from alignment.errors import ConfigError, MissingFileError
 
 _WORD = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]|[^\W_]+")
 
@@ -103,7 +104,7 @@ class NgramIndex:
 
     def __init__(self, n: int = 30, min_tokens: int = 8):
         if not 1 <= min_tokens <= n:
-            raise ValueError(f"need 1 <= min_tokens <= ngram, got min_tokens={min_tokens}, ngram={n}")
+            raise ConfigError(f"need 1 <= min_tokens <= ngram, got min_tokens={min_tokens}, ngram={n}")
         self.n, self.min_tokens = n, min_tokens
         self.grams: dict[tuple, str] = {}
         # Short eval texts, keyed by their first `min_tokens` words, so one pass finds candidates.
@@ -149,8 +150,6 @@ def build_index(spec: DecontamSpec) -> NgramIndex:
         index.add(humaneval_texts(), "humaneval")
     for path in spec.extra_paths:
         if not Path(path).exists():
-            from alignment.errors import MissingFileError
-
             raise MissingFileError(f"decontamination eval set {path} does not exist")
         index.add(jsonl_texts(path), f"heldout:{Path(path).name}")
     return index

@@ -25,6 +25,7 @@ from typing import Any, Optional
 from omegaconf import MISSING
 
 from alignment.data.sources import LoadedSource, SourceSpec
+from alignment.errors import ConfigError
 
 
 @dataclass
@@ -56,17 +57,17 @@ def source_targets(specs: list[SourceSpec], target_count: int) -> list[int]:
     """
     fixed = sum(s.count for s in specs if s.count is not None)
     if fixed > target_count:
-        raise ValueError(f"explicit source counts sum to {fixed}, more than target_count={target_count}")
+        raise ConfigError(f"explicit source counts sum to {fixed}, more than target_count={target_count}")
     weighted = [i for i, s in enumerate(specs) if s.count is None]
     targets = [s.count if s.count is not None else 0 for s in specs]
     rest = target_count - fixed
     if not weighted:
         if rest:
-            raise ValueError(f"explicit counts sum to {fixed} but target_count is {target_count} and no source has a weight")
+            raise ConfigError(f"explicit counts sum to {fixed} but target_count is {target_count} and no source has a weight")
         return targets
     weights = [specs[i].weight for i in weighted]
     if any(w < 0 for w in weights) or sum(weights) <= 0:
-        raise ValueError(f"source weights must be >= 0 with a positive sum, got {dict(zip([specs[i].name for i in weighted], weights))}")
+        raise ConfigError(f"source weights must be >= 0 with a positive sum, got {dict(zip([specs[i].name for i in weighted], weights))}")
     exact = [rest * w / sum(weights) for w in weights]
     floors = [int(x) for x in exact]
     # Largest remainder: hand the leftover units to the largest fractional parts (ties: first source).
@@ -111,7 +112,7 @@ def build_mixture(spec: MixtureSpec, loaded: list[LoadedSource], seed: int, drop
         raise ValueError(f"mixture '{spec.name}': {len(spec.sources)} sources in the spec but {len(loaded)} loaded")
     names = [s.name for s in spec.sources]
     if len(set(names)) != len(names):
-        raise ValueError(f"mixture '{spec.name}': duplicate source names {names}")
+        raise ConfigError(f"mixture '{spec.name}': duplicate source names {names}")
     if spec.target_count is None:
         targets = [len(src.records) for src in loaded]
     else:

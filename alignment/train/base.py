@@ -36,6 +36,7 @@ from omegaconf import MISSING
 
 from alignment.artifacts import atomic_write_json, drop_timings
 from alignment.data.corpus import DEFAULT_SOURCES, load_corpus
+from alignment.errors import ConfigError
 from alignment.stage import StageContext, StageResult
 
 MATH_SOURCES = ("arithmetic", "reasoning_gym")
@@ -234,7 +235,7 @@ def run(cfg: BaseConfig, ctx: StageContext) -> StageResult:
             texts = load_corpus(cfg.sources, split="train", max_chars_per_source=cfg.max_chars_per_source, seed=seed)
             calib = pack_blocks(texts, tokenizer, cfg.seq_len, separator_id(tokenizer))[: cfg.calibrate_router_blocks]
             if not calib:
-                raise ValueError(f"stage.base.calibrate_router_blocks: no train block of seq_len={cfg.seq_len} tokens")
+                raise ConfigError(f"stage.base.calibrate_router_blocks: no train block of seq_len={cfg.seq_len} tokens")
             r2 = calibrate_router(model, dense, torch.tensor(calib))
             router_r2 = sum(r2.values()) / len(r2)
         del dense
@@ -242,7 +243,7 @@ def run(cfg: BaseConfig, ctx: StageContext) -> StageResult:
         tokenizer = build_tokenizer_for(cfg)
         model = build_model(cfg, tokenizer)
     if cfg.seq_len > model.config.max_position_embeddings:
-        raise ValueError(
+        raise ConfigError(
             f"stage.base.seq_len={cfg.seq_len} exceeds the model's max_position_embeddings="
             f"{model.config.max_position_embeddings}"
         )
@@ -259,7 +260,7 @@ def run(cfg: BaseConfig, ctx: StageContext) -> StageResult:
         random.Random(seed).shuffle(texts)
         blocks = pack_blocks(texts, tokenizer, cfg.seq_len, sep)
         if not blocks:
-            raise ValueError(
+            raise ConfigError(
                 f"stage.base: the warm-up corpus ({sum(map(len, texts))} chars from {cfg.sources}) is shorter than "
                 f"one block of seq_len={cfg.seq_len} tokens; raise max_chars_per_source or lower seq_len"
             )

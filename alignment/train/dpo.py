@@ -40,6 +40,7 @@ from typing import Any, Sequence
 
 import torch
 
+from alignment.errors import ConfigError, DataError
 from alignment.stage import StageContext, StageResult
 
 PREFERENCE_KEYS = ("prompt", "chosen", "rejected")
@@ -138,8 +139,6 @@ def normalize_pair(row: dict, where: str) -> dict:
     A string completion after a chat prompt becomes one assistant message, so the pair is
     tokenized through the chat template exactly like the prompt was at sampling time.
     """
-    from alignment.errors import DataError
-
     for key in PREFERENCE_KEYS:
         if key not in row:
             raise DataError(f"{where}: missing key '{key}' (a preference row needs {list(PREFERENCE_KEYS)})")
@@ -162,8 +161,6 @@ def normalize_pair(row: dict, where: str) -> dict:
 def read_preference_jsonl(path: str | Path, max_pairs: int | None = None) -> list[dict]:
     """Read and validate a preference JSONL; errors (:class:`alignment.errors.DataError`) name the file and line."""
     from alignment.artifacts import iter_jsonl
-    from alignment.errors import DataError
-
     path = Path(path)
     rows, kind = [], None
     for where, raw in iter_jsonl(path):
@@ -192,7 +189,7 @@ def dpo_config(args: DPOTrainArgs, output_dir: str | Path, device: str, seed: in
     from trl import DPOConfig
 
     if args.aux_loss not in AUX_LOSS_MODES:
-        raise ValueError(f"train.aux_loss must be one of {AUX_LOSS_MODES}, got {args.aux_loss!r}")
+        raise ConfigError(f"train.aux_loss must be one of {AUX_LOSS_MODES}, got {args.aux_loss!r}")
     on_cuda = device.startswith("cuda")
     return DPOConfig(
         output_dir=str(output_dir),
@@ -313,7 +310,7 @@ def drop_overlong_prompts(rows: list[dict], tokenizer, max_length: int | None) -
     lengths = [len(ids) for ids in encode_prompts(tokenizer, [r["prompt"] for r in rows])]
     kept = [r for r, n in zip(rows, lengths) if n < max_length]
     if not kept:
-        raise ValueError(f"every pair's prompt is at least train.max_length={max_length} tokens long "
+        raise ConfigError(f"every pair's prompt is at least train.max_length={max_length} tokens long "
                          f"(shortest: {min(lengths)}); raise train.max_length")
     if len(kept) < len(rows):
         print(f"dpo: dropped {len(rows) - len(kept)} of {len(rows)} pairs whose prompt fills max_length={max_length}")

@@ -194,7 +194,7 @@ def to_prompt_item(obj: Any, index: int, where: str, chat: bool) -> PromptItem:
 def load_prompts(cfg: PromptsConfig, ctx: StageContext) -> list[PromptItem]:
     """Read the prompt set from ``cfg.source`` / ``cfg.path`` / the ``prompts`` input."""
     if cfg.source is not None and cfg.path is not None:
-        raise ValueError("prompts: set either 'source' or 'path', not both")
+        raise ConfigError("prompts: set either 'source' or 'path', not both")
     if cfg.source is not None:
         from hydra.utils import instantiate
 
@@ -501,7 +501,7 @@ def run_rounds(
 ) -> StageResult:
     """The online loop over ``cfg.rounds`` rounds with the given factories (what :func:`run` wires up)."""
     if cfg.rounds < 1 or cfg.n_samples < 2:
-        raise ValueError(f"online DPO needs rounds >= 1 and n_samples >= 2, got {cfg.rounds} and {cfg.n_samples}")
+        raise ConfigError(f"online DPO needs rounds >= 1 and n_samples >= 2, got {cfg.rounds} and {cfg.n_samples}")
     seed = ctx.seed if cfg.seed is None else cfg.seed
     policy_dir = Path(policy_dir)
     all_pairs, per_round = [], []

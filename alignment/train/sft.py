@@ -52,6 +52,7 @@ from alignment.data.decontam import DecontamSpec
 from alignment.data.hard import HardSelectionSpec, example_losses, pass_rates
 from alignment.data.mixture import MixtureSpec
 from alignment.data.sources import SourceSpec, load_source
+from alignment.errors import ConfigError, DataError
 from alignment.safety.filter import SafetyConfig, SafetyFilter
 from alignment.stage import StageContext, StageResult
 from alignment.train.losses import per_sample_mean, sample_ids_from_position_ids, token_logprobs
@@ -322,7 +323,7 @@ def _peft_config(lora: LoraSpec):
     if lora.target_parameters:
         if lora.dropout != 0.0:
             # peft's ParamWrapper (LoRA on 3D expert weights) has no dropout path.
-            raise ValueError(f"lora.target_parameters needs lora.dropout: 0.0 (got {lora.dropout})")
+            raise ConfigError(f"lora.target_parameters needs lora.dropout: 0.0 (got {lora.dropout})")
         kwargs["target_parameters"] = list(lora.target_parameters)
     return LoraConfig(
         r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.target_modules), task_type="CAUSAL_LM", **kwargs
@@ -342,9 +343,11 @@ def run(cfg: SFTStageConfig, ctx: StageContext) -> StageResult:
     t0 = time.time()
     cfg = _to_spec(cfg)
     if cfg.loss_impl not in ("auto", "logits", "fused"):
-        raise ValueError(f"loss_impl must be auto, logits or fused, got {cfg.loss_impl!r}")
+        raise ConfigError(f"loss_impl must be auto, logits or fused, got {cfg.loss_impl!r}")
     if cfg.report_to not in REPORT_TO:
-        raise ValueError(f"report_to must be one of {REPORT_TO}, got {cfg.report_to!r}")
+        raise ConfigError(f"report_to must be one of {REPORT_TO}, got {cfg.report_to!r}")
+    if cfg.loss_weighting not in LOSS_WEIGHTINGS:  # checked again per batch by sft_loss; here before any work
+        raise ConfigError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {cfg.loss_weighting!r}")
     if cfg.report_to != "none" and importlib.util.find_spec(cfg.report_to) is None:
         # Fail before hours of data preparation, not at the first log line.
         raise ImportError(f"report_to={cfg.report_to!r} needs the '{cfg.report_to}' package: pip install {cfg.report_to}")
@@ -381,7 +384,6 @@ def run(cfg: SFTStageConfig, ctx: StageContext) -> StageResult:
                 name="safety", path="builtin:safety", size=cfg.safety.sft_size, weight=cfg.safety.sft_weight)])
     data = assemble(mixture, decontam, ctx.seed, extra, cfg.hard, scorer, rater, _resolve(cfg.hard.seed_expander), safety)
     if not data.records:
-        from alignment.errors import DataError
 
         per_source = {s["name"]: f"{s['available']} left of {s['rows_read']} read from {s['path']}" for s in data.report["sources"]}
         raise DataError(f"stage '{ctx.name}': the mixture '{cfg.mixture.name}' is empty after filtering and "
@@ -439,7 +441,7 @@ def run(cfg: SFTStageConfig, ctx: StageContext) -> StageResult:
     )
     if (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled) and cfg.lora.enabled:
         # the publish step merges adapters into gathered full weights, which is not wired for shards
-        raise ValueError(f"stage '{ctx.name}': lora.enabled under an FSDP/ZeRO-3 launch is not supported; use accelerate=ddp")
+        raise ConfigError(f"stage '{ctx.name}': lora.enabled under an FSDP/ZeRO-3 launch is not supported; use accelerate=ddp")
     resume = ctx.last_checkpoint()
     t1 = time.time()
     result = trainer.train(resume_from_checkpoint=resume)

@@ -467,3 +467,14 @@ def test_checkpoint_checks_and_resume_skips_a_broken_newest(tmp_path, recwarn):
     (ck1 / "config.json").write_text("[1")
     with pytest.raises(DataError, match="is not a valid config"):
         check_model_dir(ck1, tokenizer=False)
+
+
+def test_user_error_under_accelerate_is_one_line_and_undone(tmp_path):
+    from alignment.pipeline import PipelineError
+
+    bad = _write(tmp_path / "given.jsonl", '{"value": 1}\n{"value": \n')
+    cfg = recipe(str(tmp_path / "run"), total={"accelerate": "cpu_single", "inputs": {"numbers": str(bad)}})
+    cfg.stages = ["total"]
+    with pytest.raises(PipelineError, match=r"given\.jsonl:2: bad row \(bad_json\)"):
+        run_pipeline(cfg)
+    assert not (tmp_path / "run" / "total").exists() and not (tmp_path / "run" / "manifest.json").exists()

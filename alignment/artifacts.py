@@ -72,6 +72,24 @@ def _atomic_file(path: str | os.PathLike, mode: str):
         raise
 
 
+def apply_umask(root: str | os.PathLike) -> None:
+    """Give every file under ``root`` the mode a plain ``open`` would (``0666 & ~umask``; ``0777`` for
+    executables). Libraries that write through private temp files (safetensors' ``save_file`` makes
+    ``0600`` weights) otherwise leave a run other users cannot read."""
+    mask = _umask()
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            p = os.path.join(dirpath, name)
+            try:
+                st = os.lstat(p)
+                if not os.path.islink(p):
+                    want = (0o777 if st.st_mode & 0o111 else 0o666) & ~mask
+                    if st.st_mode & 0o777 != want:
+                        os.chmod(p, want)
+            except OSError:
+                pass
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temp file in the same folder, fsync, rename."""
     with _atomic_file(path, "wb") as f:

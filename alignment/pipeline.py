@@ -43,7 +43,7 @@ from typing import Any, Callable, Optional
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from alignment.artifacts import Manifest, atomic_write_text, config_hash, content_hash, row_limit, run_lock
+from alignment.artifacts import Manifest, apply_umask, atomic_write_text, config_hash, content_hash, row_limit, run_lock
 from alignment.errors import ConfigError, DataError, UserError, one_line
 from alignment.paths import RECIPES_DIR
 from alignment.report import format_metrics, stage_table, write_report
@@ -541,6 +541,7 @@ def _run_stage(cfg: DictConfig, p: _Planned, tag: str, manifest: Manifest, artif
         shutil.rmtree(aside, ignore_errors=True)
     if not cfg.keep_checkpoints:
         _prune(stage_dir)
+    apply_umask(stage_dir)  # e.g. safetensors writes its weights 0600
     print(f"{tag}: done in {wall:.1f}s  {format_metrics(result.metrics)}", flush=True)
 
 

@@ -386,6 +386,14 @@ def test_finished_stages_drop_checkpoints_unless_kept(tmp_path):
     assert len(list((tmp_path / "b" / "train" / "checkpoints").iterdir())) == 6
 
 
+def test_published_weights_follow_the_umask(base_run):
+    from alignment.artifacts import _umask
+
+    weights = base_run / "base" / "model" / "model.safetensors"  # safetensors itself writes 0600
+    assert weights.stat().st_mode & 0o777 == 0o666 & ~_umask()
+    assert all(p.stat().st_mode & 0o777 == 0o666 & ~_umask() for p in base_run.rglob("*") if p.is_file())
+
+
 def test_written_files_follow_the_umask(tmp_path):
     old = os.umask(0o022)
     try:

@@ -8,9 +8,13 @@ subprocess (the floor of any one-process-per-verdict design).
 Math: verdicts/s of the math verifier on reference solutions of GSM-Symbolic, our templates
 and ASDiv (plus one wrong answer each, so both branches run), against reasoning-gym's
 GSM-Symbolic ``score_answer`` (first-number regex, float compare).
+Math on GSM responses (``--only math-gsm``): 1,000 GSM-Symbolic reference solutions, each ending
+once in the right and once in a wrong final answer, in three forms (``#### N``, ``\\boxed{N}``,
+"The answer is N."); verdicts/s of a first and a second pass (references cached).
 
-    python bench/verify.py                 # both
+    python bench/verify.py                 # all three
     python bench/verify.py --only code --workers 2 --repeat 2
+    python bench/verify.py --only math-gsm     # 2,000 GSM responses (right and wrong), two passes
 """
 
 from __future__ import annotations
@@ -101,18 +105,57 @@ def bench_math(n: int) -> None:
           f"({base_ok}/{len(pairs)} passed); ours is {ours / base:.1f}x slower and also handles fractions, LaTeX, radicals")
 
 
+def gsm_responses(n_problems: int) -> tuple[list, list[str]]:
+    """``2 * n_problems`` GSM-style (problem, response) pairs: each problem's reference solution
+    ending in one of three final-answer forms (``#### N``, ``\\boxed{N}``, "The answer is N."),
+    once with the right N and once with a wrong one."""
+    from synth.problems import load_problems
+
+    problems = load_problems("gsm_symbolic", "train", n_problems, 0)
+    forms = ["#### {}", "So the answer is $\\boxed{{{}}}$.", "The answer is {}."]
+    pairs_p, pairs_r = [], []
+    for i, p in enumerate(problems):
+        body = p.meta["reference"].rsplit("####", 1)[0].rstrip()
+        for ans in (p.answer, str(int(p.answer) + 1 + i % 7)):
+            pairs_p.append(p)
+            pairs_r.append(body + "\n" + forms[i % 3].format(ans))
+    return pairs_p, pairs_r
+
+
+def bench_math_gsm(n_problems: int) -> None:
+    """Throughput of ``get_verifier("math")`` on typical GSM responses: a first pass (every
+    reference parsed once) and a second pass (references cached). Runs on any version of the
+    verifier (it only uses ``get_verifier``), so the same script measures before and after."""
+    from synth.verify import get_verifier
+
+    problems, responses = gsm_responses(n_problems)
+    v = get_verifier("math")
+    v.verify(problems[0], responses[0])  # imports, parser warm-up
+    for label in ("first pass", "second pass (references cached)"):
+        t0 = time.perf_counter()
+        verdicts = [v.verify(p, r) for p, r in zip(problems, responses)]
+        dt = time.perf_counter() - t0
+        ok = sum(x.passed for x in verdicts)
+        print(f"math verifier {getattr(v, 'version', '?')}, {label}: {len(responses)} GSM responses in {dt:.2f}s = "
+              f"{len(responses) / dt:.0f} verdicts/s ({1000 * dt / len(responses):.2f} ms each; {ok} passed, "
+              f"{len(responses) // 2} expected)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", choices=["code", "math"], default=None)
+    ap.add_argument("--only", choices=["code", "math", "math-gsm"], default=None)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--repeat", type=int, default=1, help="HumanEval passes (164 verdicts each)")
     ap.add_argument("--math-n", type=int, default=300, help="problems per math source")
+    ap.add_argument("--gsm-n", type=int, default=1000, help="GSM problems for --only math-gsm (two responses each)")
     args = ap.parse_args()
     print(f"host: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     if args.only in (None, "code"):
         bench_code(args.workers, args.repeat)
     if args.only in (None, "math"):
         bench_math(args.math_n)
+    if args.only in (None, "math-gsm"):
+        bench_math_gsm(args.gsm_n)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Math verifier: extract the final answer from a response, compare it with the reference
 using Hugging Face's Math-Verify, under a CPU-time bound that works in any thread.
 
-Extraction (ours, first rule that matches wins, linear in the response length):
+Extraction (ours, first rule that matches wins, linear time, in the last ``MAX_SEARCH_CHARS``
+characters of the response):
   1. the last ``\\boxed{...}`` / ``\\fbox{...}`` (braces matched),
   2. the text after the last ``####`` (GSM8K style),
   3. the text after the last "Answer:" / "the answer is" / "答案是" / "答案为" / "答案：" / "答：",
@@ -55,11 +56,12 @@ from synth.verify import Verdict
 from synth.verify.bounded import run_bounded
 
 MAX_ANSWER_CHARS = 300  # longer "answers" are not answers; also bounds parse cost
-MAX_NESTING = 24  # brackets/braces/parentheses deep
+MAX_NESTING = 12  # brackets/braces/parentheses deep (ANTLR's parse time grows steeply with depth)
 MAX_NODES = 500  # nodes of the parsed expression
 MAX_POW_DIGITS = 2000  # refuse a**b whose result would have more digits than this
 MAX_SYMBOLIC_EXPONENT = 100  # refuse (x+1)**1000: expanding it is slow
 MAX_FACTORIAL = 1000  # refuse n! (and binomial, gamma, ...) with n above this
+MAX_SEARCH_CHARS = 200_000  # extraction reads the end of a response: a 1 MB one costs what 200 KB does
 DEFAULT_TIMEOUT_S = 0.5  # CPU seconds for parsing + comparing one answer
 
 # --------------------------------------------------------------------------- extraction
@@ -97,6 +99,7 @@ def extract_answer(text: str) -> str | None:
     """The final-answer string of a response (see module docstring), or None."""
     if not isinstance(text, str) or not text.strip():
         return None
+    text = text[-MAX_SEARCH_CHARS:]
     boxed = _last_boxed(text)
     if boxed is not None:
         return boxed.strip()
@@ -124,6 +127,7 @@ _NUMBER_WORDS_RE = re.compile(
     rf"({_NUM}(?:\s*/\s*\d+(?:\.\d+)?)?)(?:\s+[^\W\d_]{{2,}}|\s*[\u2e80-\u9fff\uf900-\ufaff])[^\d\\^_=+*/()\[\]{{}}<>|&%]*"
 )
 _TEXT_RE = re.compile(r"\\(?:text|textbf|textrm|mathrm|mbox)\s*\{([^{}]*)\}")
+_COMMAND_ARG_RE = re.compile(r"\\(?:begin|end|operatorname|text\w*|math\w+|mbox)\s*\{[^{}]*\}")
 _WORD_RE = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{3,}(?![A-Za-z])")
 _MATH_WORDS = frozenset("and sqrt sin cos tan cot sec csc log exp arcsin arccos arctan sinh cosh tanh det mod pmod "
                         "inf infty infinity frac dfrac cdot times pi".split())
@@ -153,7 +157,7 @@ _PROSE = "words, not a math expression"
 def _is_prose(s: str) -> bool:
     """Two or more plain words (outside \\text{..}, not LaTeX commands or function names):
     a sentence, not a math answer. Math-Verify would read "three apples" as t*h*r*e*e*a*p*p*l*e*s."""
-    words = _WORD_RE.findall(_TEXT_RE.sub(" ", s))
+    words = _WORD_RE.findall(_COMMAND_ARG_RE.sub(" ", s))
     return sum(w.lower() not in _MATH_WORDS for w in words) >= 2
 
 
@@ -190,30 +194,50 @@ _FACTORIAL_LIKE = (sympy.factorial, sympy.factorial2, sympy.subfactorial, sympy.
 _UNEVALUATED = (sympy.Integral, sympy.Sum, sympy.Product, sympy.Limit, sympy.Derivative)
 
 
-def _log10_cost(x: Any) -> float:
-    """Upper bound on log10 of a number's size (or of the work to compute it); no big-int work."""
+def _log10_abs(x: Any) -> float:
+    """Upper bound on log10 of a number's absolute value (for exponents and factorial
+    arguments), computed without big-integer work; symbols count as 1."""
+    if isinstance(x, MatrixBase) or not isinstance(x, Basic):
+        return 0.0
+    if x.is_Integer:
+        return int(x).bit_length() * _LOG10_2
+    if x.is_Rational:
+        return (x.p.bit_length() - x.q.bit_length() + 1) * _LOG10_2
+    if x.is_Float:
+        return (x._mpf_[2] + x._mpf_[3]) * _LOG10_2 if len(x._mpf_) == 4 and x._mpf_[1] else 0.0
+    if isinstance(x, sympy.Pow):
+        return abs(_log10_abs(x.base)) * 10.0 ** min(_log10_abs(x.exp), 300.0)
+    if isinstance(x, _FACTORIAL_LIKE) and x.args:
+        n = 10.0 ** min(_log10_abs(x.args[0]), 300.0)
+        return n * math.log10(max(n, 10.0))
+    if isinstance(x, sympy.Mul):
+        return sum(max(_log10_abs(a), 0.0) for a in x.args)
+    if x.args:
+        return max(_log10_abs(a) for a in x.args) + math.log10(len(x.args))
+    return 0.5  # symbols, pi, E, I; oo is not computed with
+
+
+def _digits(x: Any) -> float:
+    """Upper bound on the digits needed to write ``x`` exactly once evaluated (the cost of
+    evaluating it); no big-integer work."""
     if isinstance(x, MatrixBase) or not isinstance(x, Basic):
         return 1.0
     if x.is_Integer:
-        return max(1, int(x).bit_length()) * _LOG10_2
+        return max(x.p.bit_length(), 1) * _LOG10_2
     if x.is_Rational:
-        return max(x.p.bit_length(), x.q.bit_length(), 1) * _LOG10_2
-    if x.is_Float:
-        _, _, exp, bc = x._mpf_ if len(x._mpf_) == 4 else (0, 0, 0, 1)
-        return max(abs(exp + bc), 1) * _LOG10_2
-    if isinstance(x, sympy.Pow):
-        e = _log10_cost(x.exp)
-        return max(_log10_cost(x.base), _LOG10_2) * (10.0 ** min(e, 300.0))
+        return (x.p.bit_length() + x.q.bit_length()) * _LOG10_2
+    if x.is_Float:  # exact comparisons may turn it into an integer of its magnitude
+        return max(_log10_abs(x), 0.0) + 17
+    if isinstance(x, sympy.Pow) and not x.exp.free_symbols:
+        e = x.exp
+        # b**(p/q) costs about b**p; other exponents by their size
+        n = abs(e.p) if e.is_Rational else 10.0 ** min(max(_log10_abs(e), 0.0), 300.0)
+        return _digits(x.base) * max(n, 1.0)
     if isinstance(x, _FACTORIAL_LIKE) and x.args:
-        n = 10.0 ** min(_log10_cost(x.args[0]), 300.0)
-        return n * math.log10(max(n, 10.0))
-    if isinstance(x, sympy.Add):
-        return max(_log10_cost(a) for a in x.args) + math.log10(len(x.args))
-    if isinstance(x, sympy.Mul):
-        return sum(_log10_cost(a) for a in x.args)
-    if not x.args:
-        return 1.0  # symbols, pi, E, I, oo
-    return max(_log10_cost(a) for a in x.args)
+        return max(_log10_abs(x), 1.0)
+    if x.args:
+        return sum(_digits(a) for a in x.args)
+    return 1.0
 
 
 def cost_refusal(obj: Any) -> str | None:
@@ -231,16 +255,14 @@ def cost_refusal(obj: Any) -> str | None:
             continue
         if isinstance(x, _UNEVALUATED):
             return f"unevaluated {type(x).__name__}"
-        if isinstance(x, sympy.Pow):
-            if x.exp.free_symbols:
-                pass
-            elif x.base.free_symbols:
-                if _log10_cost(x.exp) > math.log10(MAX_SYMBOLIC_EXPONENT):
+        if isinstance(x, sympy.Pow) and not x.exp.free_symbols:
+            if x.base.free_symbols:
+                if _log10_abs(x.exp) > math.log10(MAX_SYMBOLIC_EXPONENT):
                     return f"symbolic power with exponent over {MAX_SYMBOLIC_EXPONENT}"
-            elif _log10_cost(x) > MAX_POW_DIGITS:
+            elif _digits(x) > MAX_POW_DIGITS:
                 return f"power with more than {MAX_POW_DIGITS} digits"
         elif isinstance(x, _FACTORIAL_LIKE) and x.args and not x.args[0].free_symbols:
-            if _log10_cost(x.args[0]) > math.log10(MAX_FACTORIAL):
+            if _log10_abs(x.args[0]) > math.log10(MAX_FACTORIAL):
                 return f"{type(x).__name__} of more than {MAX_FACTORIAL}"
         stack.extend(x.args)
     return None
@@ -255,14 +277,21 @@ class _DropSignalTimeoutWarning(logging.Filter):
         return not str(record.msg).startswith("Timeout is disabled")
 
 
+# parsed once per process so that ANTLR's prediction cache is warm before answers are timed
+_WARM_UP = ["\\frac{1}{2}", "2\\sqrt{3}", "\\{1, 2\\}", "(0, 1]", "\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}", "x = 3",
+            "(1+2)(3-x)", "\\pi/2", "25\\%"]
+
+
 @functools.lru_cache(maxsize=1)
 def _mv():
-    """Math-Verify, imported once (its import builds the ANTLR parser: ~0.5 s)."""
+    """Math-Verify, imported once (~0.4 s) and its parser warmed up (~0.3 s)."""
     import math_verify
 
     for name in ("math_verify.parser", "math_verify.grader"):
         logging.getLogger(name).addFilter(_DropSignalTimeoutWarning())
     configs = [math_verify.LatexExtractionConfig(), math_verify.ExprExtractionConfig()]
+    for s in _WARM_UP:
+        math_verify.parse(f"${s}$", extraction_config=configs, fallback_mode="no_fallback", parsing_timeout=None)
     return math_verify, configs
 
 
@@ -328,7 +357,8 @@ class MathVerifier:
 
     Args:
         timeout_s (`float`, *optional*, defaults to `0.5`): CPU seconds of the calling thread
-            for parsing and comparing one answer (and, once per reference, for parsing it).
+            for parsing and comparing one answer. A reference (trusted, parsed once) gets
+            ``max(2, 4 * timeout_s)``.
         gold_cache (`int`, *optional*, defaults to `65536`): parsed references kept.
     """
 
@@ -336,6 +366,7 @@ class MathVerifier:
 
     def __init__(self, timeout_s: float = DEFAULT_TIMEOUT_S, gold_cache: int = 65536):
         self.timeout_s = float(timeout_s)
+        self.gold_timeout_s = max(2.0, 4 * self.timeout_s)
         self._gold = functools.lru_cache(maxsize=gold_cache)(self._parse_gold)
         _mv()
 
@@ -345,11 +376,11 @@ class MathVerifier:
         if why:
             return None, why
         try:
-            done, out = run_bounded(lambda: _parse_unbounded(s), self.timeout_s)
+            done, out = run_bounded(lambda: _parse_unbounded(s), self.gold_timeout_s)
         except Exception as e:  # noqa: BLE001 - a reference that crashes the parser is a data fault
             return None, f"parser raised {type(e).__name__}"
         if not done:
-            return None, f"parsing took over {self.timeout_s}s CPU"
+            return None, f"parsing took over {self.gold_timeout_s}s CPU"
         objs, why = out
         return (objs, "") if objs else (None, why or "no math expression")
 

@@ -10,7 +10,8 @@ and ASDiv (plus one wrong answer each, so both branches run), against reasoning-
 GSM-Symbolic ``score_answer`` (first-number regex, float compare).
 Math on GSM responses (``--only math-gsm``): 1,000 GSM-Symbolic reference solutions, each ending
 once in the right and once in a wrong final answer, in three forms (``#### N``, ``\\boxed{N}``,
-"The answer is N."); verdicts/s of a first and a second pass (references cached).
+"The answer is N."); verdicts/s of a first and a second pass (references cached), and of a pass
+with the same answers written ``N\\text{ units}`` (Math-Verify's LaTeX parser path).
 
     python bench/verify.py                 # all three
     python bench/verify.py --only code --workers 2 --repeat 2
@@ -109,6 +110,8 @@ def gsm_responses(n_problems: int) -> tuple[list, list[str]]:
     """``2 * n_problems`` GSM-style (problem, response) pairs: each problem's reference solution
     ending in one of three final-answer forms (``#### N``, ``\\boxed{N}``, "The answer is N."),
     once with the right N and once with a wrong one."""
+    from decimal import Decimal
+
     from synth.problems import load_problems
 
     problems = load_problems("gsm_symbolic", "train", n_problems, 0)
@@ -116,10 +119,16 @@ def gsm_responses(n_problems: int) -> tuple[list, list[str]]:
     pairs_p, pairs_r = [], []
     for i, p in enumerate(problems):
         body = p.meta["reference"].rsplit("####", 1)[0].rstrip()
-        for ans in (p.answer, str(int(p.answer) + 1 + i % 7)):
+        for ans in (p.answer, str(Decimal(p.answer) + 1 + i % 7)):
             pairs_p.append(p)
             pairs_r.append(body + "\n" + forms[i % 3].format(ans))
     return pairs_p, pairs_r
+
+
+def _final(response: str) -> str:
+    import re
+
+    return re.findall(r"-?\d+(?:\.\d+)?", response.rsplit("\n", 1)[1])[-1]
 
 
 def bench_math_gsm(n_problems: int) -> None:
@@ -129,11 +138,14 @@ def bench_math_gsm(n_problems: int) -> None:
     from synth.verify import get_verifier
 
     problems, responses = gsm_responses(n_problems)
+    # the same final answers with a unit in LaTeX (N\text{ units}): Math-Verify's parser path
+    latex = [r.rsplit("\n", 1)[0] + "\nSo $\\boxed{%s\\text{ units}}$." % _final(r) for r in responses]
     v = get_verifier("math")
     v.verify(problems[0], responses[0])  # imports, parser warm-up
-    for label in ("first pass", "second pass (references cached)"):
+    for label, texts in (("first pass", responses), ("second pass (references cached)", responses),
+                         ("the same answers as N\\text{ units} (LaTeX parser)", latex)):
         t0 = time.perf_counter()
-        verdicts = [v.verify(p, r) for p, r in zip(problems, responses)]
+        verdicts = [v.verify(p, r) for p, r in zip(problems, texts)]
         dt = time.perf_counter() - t0
         ok = sum(x.passed for x in verdicts)
         print(f"math verifier {getattr(v, 'version', '?')}, {label}: {len(responses)} GSM responses in {dt:.2f}s = "

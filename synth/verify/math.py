@@ -19,9 +19,14 @@ percentage (``25\\%`` == 25), a number with units (``5 cm`` == 5), an equation (
 a set or list (``{1, 2}`` == ``\\{2,1\\}``), an interval (``(0, 1]``; open and closed ends
 matter), a matrix (``\\begin{pmatrix}``), or an expression (``2x+2`` == ``2(x+1)``). Integers
 and fractions compare exactly; a decimal compares after rounding both sides to 6 places
-(Math-Verify's ``float_rounding=6``: ``0.333333`` == 1/3, ``0.33`` != 1/3). A plain decimal
-number or integer fraction (``a/b``, ``\\frac{a}{b}``; most GSM answers) skips Math-Verify's parser: it becomes the SymPy
-number that parser would make; the comparison is still Math-Verify's. Parsed references are cached per answer.
+(Math-Verify's ``float_rounding=6``: ``0.333333`` == 1/3, ``0.33`` != 1/3).
+
+Speed: a plain decimal number or integer fraction (``a/b``, ``\\frac{a}{b}``; most GSM answers),
+and ``x = N`` when the reference is no equation, skip Math-Verify's parser (ANTLR, 1-6 ms):
+they become the SymPy value that parser would give (Math-Verify compares an equation's
+right-hand side with a non-equation reference anyway). Two exact rationals compare with
+``==``, which is what ``math_verify.verify`` returns for them. Everything else is Math-Verify's
+own. Parsed references are cached per answer string (``MathVerifier._gold``).
 
 Bounds (the response is untrusted: every input gives a verdict, never a hang or an exception):
   * before parsing: answers longer than ``MAX_ANSWER_CHARS``, nested deeper than
@@ -357,6 +362,7 @@ def parse_math(ans: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> Basic | Matrix
     math expression, is refused, or takes longer than ``timeout_s`` CPU seconds."""
     if not isinstance(ans, str):
         return None
+    _mv()  # import and warm up outside the budget
     s = _prepare(ans)
     if not s or _precheck(s):
         return None
@@ -371,6 +377,7 @@ def parse_math(ans: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> Basic | Matrix
 
 def answers_match(pred: Any, gold: Any, timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
     """Math-Verify's equivalence of two parsed answers (``gold`` is the reference); False on timeout."""
+    _mv()
     try:
         done, ok = run_bounded(lambda: _compare_unbounded([gold], [pred]), timeout_s)
     except Exception:  # noqa: BLE001

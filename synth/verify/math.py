@@ -9,8 +9,9 @@ characters of the response):
   4. the last number in the response.
 
 Preparation: ``$`` and ``\\$`` signs, ``\\(..\\)`` / ``\\[..\\]`` wrappers and a trailing
-period are dropped; one whole ``\\text{..}`` is unwrapped; a number followed only by words
-("9 apples", "18.50 dollars per hour", "42个苹果") keeps the number.
+period are dropped; plain-text ``pi``, ``sqrt(..)`` and ``√`` become LaTeX; one whole
+``\\text{..}`` is unwrapped; a number followed only by words ("9 apples", "18.50 dollars per
+hour", "42个苹果") keeps the number.
 
 Parsing and comparison: Math-Verify (``math_verify.parse`` of ``$answer$`` with LaTeX and
 plain-expression extraction, then ``math_verify.verify(gold, pred)``). So an answer may be a
@@ -139,6 +140,13 @@ _WORD_RE = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{3,}(?![A-Za-z])")
 _MATH_WORDS = frozenset("and sqrt sin cos tan cot sec csc log exp arcsin arccos arctan sinh cosh tanh det mod pmod "
                         "inf infty infinity frac dfrac cdot times pi".split())
 _EVAL_AT_PARSE_RE = re.compile(r"binom|\\choose|gcd|lcm")
+# plain-text math that Math-Verify's LaTeX parser misreads ("3 pi" = 3*p*i): written as LaTeX
+_PLAIN_TO_LATEX = [
+    (re.compile(r"(?<![\\A-Za-z])sqrt\s*\(([^()]*)\)"), r"\\sqrt{\1}"),
+    (re.compile(r"√\s*\(([^()]*)\)"), r"\\sqrt{\1}"),
+    (re.compile(r"√\s*(\d+(?:\.\d+)?|[A-Za-z])"), r"\\sqrt{\1}"),
+    (re.compile(r"(?<![\\A-Za-z])pi(?![A-Za-z])"), r"\\pi "),
+]
 
 
 def _prepare(ans: str) -> str:
@@ -149,6 +157,9 @@ def _prepare(ans: str) -> str:
         if s.startswith(left) and s.endswith(right):
             s = s[len(left) : -len(right)].strip()
     s = s.rstrip(".。").strip()
+    for rx, latex in _PLAIN_TO_LATEX:
+        s = rx.sub(latex, s)
+    s = s.strip()
     m = _TEXT_RE.fullmatch(s)
     if m:
         s = m.group(1).strip()

@@ -148,6 +148,11 @@ def test_step_arithmetic_check(step, ok):
         ("\\boxed{3 + 2i}", "3+2i", True),  # complex number
         ("\\boxed{\\text{Monday}}", "\\text{Monday}", True),  # a word answer in \text
         ("\\boxed{x^2+2x+1}", "(x+1)^2", True),  # expanded vs factored
+        # plain-text math (Math-Verify alone reads "3 pi" as 3*p*i)
+        ("#### 3 pi", "3\\pi", True),  # pi spelled out
+        ("#### 2 sqrt(3)", "2\\sqrt{3}", True),  # sqrt(..)
+        ("#### 2√3", "\\sqrt{12}", True),  # the radical sign
+        ("#### 2 spies", "2", True),  # ... but "pi" inside a word stays a word
     ],
 )
 def test_math_verify_forms(response, answer, passed):

@@ -103,7 +103,7 @@ def bench_math(n: int) -> None:
     base_ok = sum(ds.score_answer(extract_answer(r), {"answer": p.answer}) == 1.0 for p, r in pairs)
     base = time.perf_counter() - t0
     print(f"baseline reasoning-gym gsm_symbolic score_answer (regex + float ==): {len(pairs) / base:.0f} verdicts/s "
-          f"({base_ok}/{len(pairs)} passed); ours is {ours / base:.1f}x slower and also handles fractions, LaTeX, radicals")
+          f"({base_ok}/{len(pairs)} passed); ours is {ours / base:.1f}x slower and also handles fractions, LaTeX, radicals, sets, intervals, matrices")
 
 
 def gsm_responses(n_problems: int) -> tuple[list, list[str]]:

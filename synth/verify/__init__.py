@@ -49,7 +49,8 @@ class Verdict:
 def get_verifier(kind: str, **kwargs: Any):
     """Return the verifier for problems of ``kind`` (``"math"`` or ``"code"``).
 
-    ``kwargs`` go to the verifier's constructor (e.g. ``timeout_s=`` for code).
+    ``kwargs`` go to the verifier's constructor (``timeout_s=``: wall seconds per run for code,
+    CPU seconds per answer for math).
     """
     if kind == "math":
         from synth.verify.math import MathVerifier

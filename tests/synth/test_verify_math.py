@@ -1,12 +1,15 @@
 """Math verifier tables: equivalent forms pass, wrong/malformed/huge answers fail fast and never raise."""
 
+import random
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import pytest
 
 from synth.verify import Verdict, get_verifier
-from synth.verify.math import extract_answer, step_arithmetic_ok
+from synth.verify.math import MathVerifier, extract_answer, step_arithmetic_ok
 
 V = get_verifier("math")
 
@@ -91,3 +94,198 @@ def test_extract_prefers_last_box_and_handles_nesting():
 )
 def test_step_arithmetic_check(step, ok):
     assert step_arithmetic_ok(step) is ok
+
+
+# --------------------------------------------------------------------------- math-2: the forms Math-Verify brings
+
+
+@pytest.mark.parametrize(
+    "response, answer, passed",
+    [
+        # sets and lists
+        ("\\boxed{\\{2,1\\}}", "\\{1, 2\\}", True),  # a set's order does not matter
+        ("\\boxed{1, 2}", "\\{1,2\\}", True),  # a bare list reads as the set
+        ("The answer is {1, 2}", "\\{1, 2\\}", True),  # braces without backslashes, after "answer is"
+        ("\\boxed{2 \\text{ and } 3}", "\\{2, 3\\}", True),  # "a and b" is a list
+        ("\\boxed{\\{1,3\\}}", "\\{1,2\\}", False),  # one element differs
+        ("\\boxed{1, 2, 3}", "\\{1,2\\}", False),  # one element too many
+        # intervals
+        ("\\boxed{(0, 1]}", "(0, 1]", True),  # half-open interval
+        ("\\boxed{(0,1)}", "(0, 1]", False),  # open where the reference is closed
+        ("\\boxed{[0, 1]}", "(0, 1]", False),  # closed where the reference is open
+        ("\\boxed{(-\\infty, 2)}", "(-\\infty, 2)", True),  # infinite end
+        ("\\boxed{x \\in [2, 5]}", "[2,5]", True),  # membership written out
+        # matrices
+        ("\\boxed{\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}}", "\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}", True),  # spacing
+        ("\\boxed{\\begin{pmatrix} 1 & 2 \\\\ 3 & 5 \\end{pmatrix}}", "\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}", False),  # one entry
+        ("\\boxed{\\begin{bmatrix} \\frac{1}{2} \\\\ 0.5 \\end{bmatrix}}", "\\begin{pmatrix}1/2\\\\1/2\\end{pmatrix}", True),  # entries by value
+        # LaTeX fractions and radicals
+        ("\\boxed{\\frac{\\sqrt{3}}{2}}", "\\frac{\\sqrt 3}{2}", True),  # \sqrt 3 without braces
+        ("\\boxed{\\sqrt{12}}", "2\\sqrt{3}", True),  # radicals simplify
+        ("\\boxed{\\dfrac{3}{4}}", "0.75", True),  # \dfrac vs decimal
+        ("\\boxed{\\frac{3}{5}}", "0.75", False),  # a different fraction
+        ("\\boxed{0.333333}", "1/3", True),  # decimals compare rounded to 6 places (Math-Verify's rule)
+        ("#### 2.333", "7/3", False),  # ... so 3 places is not enough
+        # percentages
+        ("\\boxed{25\\%}", "25", True),  # 25% is the number 25 with a percent sign
+        ("The answer is 25 percent", "25", True),  # spelled out
+        ("\\boxed{0.25}", "25\\%", False),  # ... not the fraction 0.25
+        # units
+        ("\\boxed{5 \\text{ cm}}", "5", True),  # \text unit
+        ("The answer is 5 cm.", "5", True),  # plain unit word
+        ("#### 5cm", "5", True),  # unit glued to the number
+        ("\\boxed{5\\,\\mathrm{cm}^2}", "5", True),  # \mathrm unit with a power
+        ("The answer is 6 cm", "5", False),  # a unit does not make a wrong number right
+        ("答案是 42 个苹果", "42", True),  # Chinese measure word and noun
+        # equations
+        ("\\boxed{x = 3}", "3", True),  # an equation answers with its right-hand side
+        ("\\boxed{3}", "x = 3", True),  # a bare value answers an assignment
+        ("\\boxed{x = 4}", "3", False),  # wrong right-hand side
+        ("\\boxed{y = 2x + 1}", "2x+1", True),  # symbolic right-hand side
+        ("\\boxed{a=1, b=2}", "a=1, b=2", True),  # several assignments
+        # other forms
+        ("\\boxed{30^\\circ}", "30", True),  # degrees
+        ("\\boxed{3 + 2i}", "3+2i", True),  # complex number
+        ("\\boxed{\\text{Monday}}", "\\text{Monday}", True),  # a word answer in \text
+        ("\\boxed{x^2+2x+1}", "(x+1)^2", True),  # expanded vs factored
+        # plain-text math (Math-Verify alone reads "3 pi" as 3*p*i)
+        ("#### 3 pi", "3\\pi", True),  # pi spelled out
+        ("#### 2 sqrt(3)", "2\\sqrt{3}", True),  # sqrt(..)
+        ("#### 2√3", "\\sqrt{12}", True),  # the radical sign
+        ("#### 2 spies", "2", True),  # ... but "pi" inside a word stays a word
+    ],
+)
+def test_math_verify_forms(response, answer, passed):
+    v = verify(response, answer)
+    assert v.passed is passed and v.error_kind is None and v.formatted, v
+
+
+@pytest.mark.parametrize(
+    "response, detail",
+    [
+        ("\\boxed{9^{9^{9}}}", "power with more than"),  # refused before SymPy would compute 9**387420489
+        ("#### 10^{100000}", "power with more than"),  # 100K digits
+        ("\\boxed{(1/2)^{-10^{6}}}", "power with more than"),  # a negative exponent costs the same
+        ("\\boxed{9^9^9^9}", "wrong"),  # parsed ((9^9)^9)^9 = 9^729: small enough to compare
+        ("\\boxed{\\frac{1}{0}}", "wrong"),  # complex infinity is no number
+        ("\\boxed{" + "{" * 10_000 + "1" + "}" * 10_000 + "}", "answer too long"),  # 10K nested braces
+        ("\\boxed{" + "(" * 13 + "1" + ")" * 13 + "}", "nested 13 deep"),  # short but deep: ANTLR's time grows steeply
+        ("x" * 1_000_000, "no answer"),  # 1 MB without an answer
+        ("#### " + "9" * 1_000_000, "answer too long"),  # a 1M-digit number
+        ("\\boxed{" * 150_000, "no answer"),  # 1 MB of unclosed boxes: extraction stays linear
+        ("1 " * 500_000, "wrong"),  # 1 MB of numbers: the last one is read
+        ("\\boxed{\\binom{1000000}{500000}}", "binomial/gcd/lcm"),  # the parser would evaluate it
+        ("\\boxed{\\gcd(9^{9^{9}}, 3)}", "binomial/gcd/lcm"),  # same
+        ("\\boxed{100000!}", "factorial of more than"),  # a 456K-digit factorial
+        ("\\boxed{\\sum_{i=1}^{10^{9}} i}", "unevaluated Sum"),  # not a final answer
+        ("\\boxed{\\int_0^1 e^{x^2} dx}", "unevaluated Integral"),  # same
+        ("\\boxed{(x+1)^{1000}}", "symbolic power"),  # expanding it takes seconds
+        ("\\boxed{\\x00}", "unparsable"),  # a NUL byte
+    ],
+)
+def test_hostile_answers_fail_fast_with_a_reason(response, detail):
+    t0 = time.monotonic()
+    v = verify(response, "3")
+    assert not v.passed and v.error_kind is None
+    assert detail in v.detail, v
+    assert time.monotonic() - t0 < 2.0
+
+
+def test_slow_comparison_times_out_on_the_cpu_budget():
+    """What passes every pre-check but is slow stops at the budget (watchdog, any thread)."""
+    v_fast = get_verifier("math", timeout_s=0.05)
+    t0 = time.monotonic()
+    v = v_fast.verify(SimpleNamespace(answer="1"), "\\boxed{\\sin(x)^{20}+\\cos(x)^{20}+\\tan(x)^{3}}")
+    assert not v.passed and v.detail.startswith("timeout:"), v
+    assert time.monotonic() - t0 < 2.0
+
+
+def test_response_only_words_is_unformatted():
+    v = verify("The answer is that there are three apples", "3")
+    assert not v.passed and not v.formatted and "unparsable" in v.detail
+
+
+def test_reference_is_parsed_once():
+    mv = get_verifier("math")
+    for _ in range(3):
+        assert mv.verify(SimpleNamespace(answer="\\frac{\\sqrt{3}}{2}"), "\\boxed{\\frac{\\sqrt 3}{2}}").passed
+    info = mv._gold.cache_info()
+    assert info.misses == 1 and info.hits == 2
+
+
+@pytest.mark.parametrize(
+    "gold, pred",
+    [("42", "42"), ("42", "42.0"), ("42", "41"), ("7/3", "\\frac{7}{3}"), ("7/3", "2.333333"), ("7/3", "2.33"),
+     ("0.5", "\\frac{1}{2}"), ("1,000", "1000"), ("-3", "-3"), ("3", "x = 3"), ("3", "x = 4"), ("18.5", "18.50"),
+     ("1/3", "0.333333"), ("123456789", "123456789.0000001"), ("-\\frac{3}{4}", "-0.75"), ("007", "7"), ("2", "\\frac{4}{2}")],
+)
+def test_fast_paths_agree_with_math_verify(gold, pred):
+    """Plain numbers, fractions and 'x = N' skip Math-Verify's parser; the verdict must be its."""
+    import math_verify
+
+    want = math_verify.verify(math_verify.parse(f"${gold}$", parsing_timeout=None),
+                              math_verify.parse(f"${pred}$", parsing_timeout=None), timeout_seconds=None)
+    assert verify(f"\\boxed{{{pred}}}", gold).passed is want
+
+
+_THREAD_ROWS = [
+    ("\\boxed{\\{2,1\\}}", "\\{1, 2\\}"), ("\\boxed{(0, 1]}", "(0, 1]"), ("\\boxed{[0, 1]}", "(0, 1]"), ("\\boxed{x = 3}", "3"),
+    ("\\boxed{2\\sqrt{2}}", "\\sqrt{8}"), ("#### 42", "42"), ("#### 41", "42"), ("\\boxed{9^{9^{9}}}", "3"),
+    ("\\boxed{\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}}", "\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}"), ("\\boxed{x^2+2x+1}", "(x+1)^2"),
+]
+
+
+def test_verifies_in_worker_threads_like_in_the_main_thread():
+    """lockstep search and eval call the verifier from threads: same verdicts, no signal errors."""
+    want = [verify(r, a) for r, a in _THREAD_ROWS]
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda ra: verify(*ra), _THREAD_ROWS * 4))
+    assert got == want * 4
+
+
+def _fresh_rows(k: int) -> list[tuple[str, str]]:
+    """LaTeX answers no cache has seen (Math-Verify caches its last 20 parses)."""
+    return [(f"\\boxed{{x^2+{2 * k}x+{k * k}}}", f"(x+{k})^2"), (f"\\boxed{{\\{{{k + 1},{k}\\}}}}", f"\\{{{k}, {k + 1}\\}}"),
+            (f"\\boxed{{({k}, {k + 2}]}}", f"({k}, {k + 2})"), (f"\\boxed{{\\frac{{\\sqrt{{{k}}}}}{{2}}}}", f"\\sqrt{{{k}/4}}")]
+
+
+def test_interrupted_parses_leave_no_deadlock_or_damage():
+    """Hundreds of parses/compares cut at random points by tiny budgets, 4 threads at once,
+    then the same verdicts as before and no thread stuck (an asynchronous exception landing in
+    a lock protocol, e.g. an import lock, would hang the process)."""
+    import math_verify.parser
+
+    from synth.verify.bounded import deadlines_fired
+
+    want = [(v.passed, v.detail) for v in (verify(r, a) for r, a in _fresh_rows(1000))]
+    rng = random.Random(0)
+    jobs = [(row, rng.uniform(0.0005, 0.02)) for k in range(2, 42) for row in _fresh_rows(k)]
+    fired0 = deadlines_fired()
+
+    def hammer(job):
+        (r, a), budget = job
+        return MathVerifier(timeout_s=budget).verify(SimpleNamespace(answer=a), r)
+
+    done = []
+    t = threading.Thread(target=lambda: done.append(list(ThreadPoolExecutor(4).map(hammer, jobs))), daemon=True)
+    t.start()
+    t.join(120)
+    assert not t.is_alive(), "verifier threads deadlocked"
+    assert any(v.detail.startswith("timeout") for v in done[0]) and deadlines_fired() > fired0  # the budgets cut work
+    math_verify.parser.parse_latex_cached.cache_clear()
+    assert [(v.passed, v.detail) for v in (verify(r, a) for r, a in _fresh_rows(1000))] == want
+
+
+def test_math_verify_signal_timeouts_are_off():
+    """Math-Verify's signal.alarm timeouts raise in non-main threads; ours must never call them."""
+    import signal
+
+    calls = []
+    orig = signal.alarm
+    signal.alarm = lambda s: calls.append(s) or orig(s)
+    try:
+        verify("\\boxed{\\{2,1\\}}", "\\{1, 2\\}")
+        verify("\\boxed{x^2+2x+1}", "(x+1)^2")
+    finally:
+        signal.alarm = orig
+    assert calls == []

@@ -15,6 +15,7 @@ import pytest
 from alignment.artifacts import Manifest, read_jsonl
 from alignment.pipeline import PipelineError, compose, main, plan, run_pipeline
 from tests.pipeline.stages import test_recipe as recipe
+from tests.pipeline.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -114,19 +115,11 @@ def _start(run_dir, overrides):
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
-def _wait_for(pred, timeout=30.0):
-    end = time.time() + timeout
-    while time.time() < end:
-        if pred():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not reached")
-
 
 def test_sigkill_mid_write_leaves_no_corrupt_artifact_and_rerun_completes(tmp_path):
     proc = _start(tmp_path, {"numbers": {"n": 200, "delay_s": 0.02}})
     stage_dir = tmp_path / "numbers"
-    _wait_for(lambda: stage_dir.exists() and any(p.name.endswith(".tmp") for p in stage_dir.iterdir()))
+    wait_for(lambda: stage_dir.exists() and any(p.name.endswith(".tmp") for p in stage_dir.iterdir()))
     time.sleep(0.3)  # the temp file is half written now
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -141,7 +134,7 @@ def test_killed_training_stage_resumes_from_last_checkpoint(tmp_path):
     over = {"train": {"steps": 12, "delay_s": 0.1}}
     proc = _start(tmp_path, over)
     ckpts = tmp_path / "train" / "checkpoints"
-    _wait_for(lambda: (ckpts / "checkpoint-3" / "trainer_state.json").exists())
+    wait_for(lambda: (ckpts / "checkpoint-3" / "trainer_state.json").exists())
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     run_pipeline(recipe(str(tmp_path), **over))  # same config: the stage folder is kept

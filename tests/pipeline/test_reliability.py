@@ -27,6 +27,7 @@ from alignment.artifacts import LOCK_FILE, LOCK_OWNER_FILE, Manifest, atomic_wri
 from alignment.errors import BadRowError, DataError, RunLockedError
 from alignment.pipeline import main, run_pipeline
 from tests.pipeline.stages import test_recipe as recipe
+from tests.pipeline.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -175,7 +176,7 @@ def test_locked_run_dir_names_the_holder_and_is_left_alone(base_run, tmp_path, c
                                "with run_lock(sys.argv[1], command='yialign run_name=k1'):\n    time.sleep(60)", str(run)],
                               cwd=REPO)
     try:
-        _wait_for(lambda: (run / LOCK_OWNER_FILE).exists())
+        wait_for(lambda: (run / LOCK_OWNER_FILE).exists(), timeout=60.0)
         before = snapshot(run)
         assert main([f"run_dir={run}", *SFT]) == 2
         err = capsys.readouterr().err.strip().splitlines()[-1]
@@ -242,14 +243,6 @@ def _start(run_dir: Path, overrides: dict, root: dict | None = None) -> subproce
                              json.dumps(root or {})], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _wait_for(pred, timeout=60.0):
-    end = time.time() + timeout
-    while time.time() < end:
-        if pred():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not reached")
-
 
 def _intact(run_dir: Path) -> dict[str, str]:
     m = Manifest(run_dir)
@@ -261,7 +254,7 @@ def _intact(run_dir: Path) -> dict[str, str]:
 def test_second_process_on_a_run_refuses_and_the_manifest_stays_whole(tmp_path):
     gate = tmp_path.parent / f"{tmp_path.name}.go"
     first = _start(tmp_path, {"numbers": {"gate": str(gate)}})  # holds the run until the gate opens
-    _wait_for(lambda: (tmp_path / LOCK_OWNER_FILE).exists())
+    wait_for(lambda: (tmp_path / LOCK_OWNER_FILE).exists())
     second = _start(tmp_path, {"numbers": {"gate": str(gate)}, "total": {"scale": 3}})  # another stage's change
     out2, err2 = second.communicate(timeout=120)
     gate.touch()
@@ -279,7 +272,7 @@ def test_second_process_with_lock_timeout_waits_then_finds_everything_done(tmp_p
     gate = tmp_path.parent / f"{tmp_path.name}.go"
     over = {"numbers": {"gate": str(gate)}}
     first = _start(tmp_path, over)
-    _wait_for(lambda: (tmp_path / LOCK_OWNER_FILE).exists())
+    wait_for(lambda: (tmp_path / LOCK_OWNER_FILE).exists())
     second = _start(tmp_path, over, {"lock_timeout": 120})
     waiting = second.stderr.readline()  # its first words: who holds the run, and that it waits
     assert f"in use by another yialign process (pid {first.pid}" in waiting and "waiting up to 120 s" in waiting
@@ -295,7 +288,7 @@ def test_second_process_with_lock_timeout_waits_then_finds_everything_done(tmp_p
 def test_lock_of_a_killed_process_is_free_at_once(tmp_path):
     over = {"train": {"steps": 30, "delay_s": 0.1}}
     first = _start(tmp_path, over)
-    _wait_for(lambda: (tmp_path / "train" / "checkpoints" / "checkpoint-2").exists())
+    wait_for(lambda: (tmp_path / "train" / "checkpoints" / "checkpoint-2").exists())
     first.send_signal(signal.SIGKILL)
     first.wait()
     assert (tmp_path / LOCK_OWNER_FILE).exists()  # stale owner note: the OS lock itself died with the process
@@ -310,7 +303,7 @@ def test_run_lock_refuses_in_process(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom alignment.artifacts import run_lock\n"
                                "with run_lock(sys.argv[1]):\n    time.sleep(60)", str(tmp_path)], cwd=REPO)
     try:
-        _wait_for(lambda: (tmp_path / LOCK_OWNER_FILE).exists())
+        wait_for(lambda: (tmp_path / LOCK_OWNER_FILE).exists())
         with pytest.raises(RunLockedError, match=f"pid {holder.pid}"):
             with run_lock(tmp_path):
                 pass

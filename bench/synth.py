@@ -41,10 +41,10 @@ def build_tiny_checkpoint(path: Path) -> None:
 
 def run_search(problems, sampler, render, cfg, label: str, batch: int = 1) -> dict:
     """Search every problem; ``batch > 1`` runs groups of problems in lockstep (merged sampler calls)."""
+    from alignment.tasks.verify import get_verifier
     from synth.search import search
     from synth.search.lockstep import search_many
     from synth.search.tree import derive_seed
-    from synth.verify import get_verifier
 
     verifiers = {"math": get_verifier("math"), "code": get_verifier("code")}
 
@@ -66,7 +66,7 @@ def run_search(problems, sampler, render, cfg, label: str, batch: int = 1) -> di
 
 def best_of_n(problems, sampler, render, n: int, max_new_tokens: int, label: str) -> dict:
     from alignment.sampling.base import SamplingParams
-    from synth.verify import get_verifier
+    from alignment.tasks.verify import get_verifier
 
     v = get_verifier("math")
     t0 = time.perf_counter()
@@ -97,7 +97,7 @@ def main() -> None:
         return
 
     from alignment.tasks.format import chat_render, plain_render
-    from synth.problems import load_problems
+    from alignment.tasks.problems import load_problems
     from synth.search.scripted import ScriptedSampler
     from synth.search.tree import SearchConfig
 

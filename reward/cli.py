@@ -46,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     src = ins.add_mutually_exclusive_group(required=True)
     src.add_argument("--candidates", help="JSONL of candidate rows and/or preference pair rows")
     src.add_argument("--prompts", help="JSONL of {prompt, problem?} rows to sample candidates for")
-    src.add_argument("--problems", help="SOURCE[:SPLIT] of synth.problems (e.g. templates:heldout) to sample for")
+    src.add_argument("--problems", help="SOURCE[:SPLIT] of alignment.tasks.problems (e.g. templates:heldout) to sample for")
     ins.add_argument("--policy", help="policy checkpoint that samples candidates (with --prompts/--problems)")
     ins.add_argument("--sampler", default="native",
                      help="sampler backend name (recipes/sampler/<name>.yaml) or a YAML file (default: native)")
@@ -89,13 +89,13 @@ def _sampled_candidates(args) -> list[dict]:
         raise UserError("--prompts/--problems need --policy (the checkpoint that samples the candidates)")
     problems = None
     if args.problems:
-        from synth.problems import load_problems
+        from alignment.tasks.problems import load_problems
 
         source, _, split = args.problems.partition(":")
         problems = load_problems(source, split or "heldout", n=args.limit, seed=args.seed)
         prompts = [p.prompt for p in problems]
     else:
-        from synth.problems import Problem
+        from alignment.tasks.problems import Problem
 
         from alignment.artifacts import iter_jsonl
         from reward.inspect import _check_prompt, _problem

@@ -7,7 +7,7 @@ whether it just likes long answers.
 Candidates come from a JSONL file or are sampled with any Sampler (reward/cli.py). Accepted rows:
 
 - a candidate: ``{"prompt", "response"}`` plus optional ``source``, ``passed`` (bool),
-  ``verifier_score``, ``detail``, ``problem`` (a ``synth.problems.Problem`` dict: the verifier is run
+  ``verifier_score``, ``detail``, ``problem`` (a ``alignment.tasks.problems.Problem`` dict: the verifier is run
   on it when ``passed`` is not given);
 - a preference pair: ``{"prompt", "chosen", "rejected", ...}`` (any layout reward/pairs.py reads, e.g.
   the synth stage's ``pairs.jsonl``): two candidates labelled ``chosen`` / ``rejected``.
@@ -103,13 +103,13 @@ def load_candidates(path: str | Path) -> list[dict]:
 
 
 def _problem(row: dict, where: str) -> dict | None:
-    """The row's ``problem`` (a ``synth.problems.Problem`` dict), checked so the verifier can use it."""
+    """The row's ``problem`` (a ``alignment.tasks.problems.Problem`` dict), checked so the verifier can use it."""
     problem = row.get("problem")
     if problem is None:
         return None
     if not isinstance(problem, dict):
         raise PairFormatError(f"{where}: key 'problem' must be an object (a synth problem) or null")
-    from synth.problems import Problem
+    from alignment.tasks.problems import Problem
 
     try:
         Problem.from_dict(problem)
@@ -126,8 +126,8 @@ def verify_candidates(cands: list[dict]) -> int:
     todo = [c for c in cands if c["passed"] is None and c["problem"] is not None]
     if not todo:
         return 0
-    from synth.problems import Problem
-    from synth.verify import get_verifier
+    from alignment.tasks.problems import Problem
+    from alignment.tasks.verify import get_verifier
 
     verifiers: dict[str, Any] = {}
     for c in tqdm(todo, desc="verifying", disable=len(todo) < 32):
@@ -144,7 +144,7 @@ def sample_candidates(sampler, prompts: Sequence, n: int, params, problems: Sequ
                       source: str = "sampled") -> list[dict]:
     """``n`` samples per prompt from any :class:`alignment.sampling.Sampler`, as candidate rows.
 
-    ``problems[i]`` (a ``synth.problems.Problem``), when given, is attached to prompt i's candidates so
+    ``problems[i]`` (a ``alignment.tasks.problems.Problem``), when given, is attached to prompt i's candidates so
     :func:`verify_candidates` can judge them.
     """
     groups = sampler.generate(list(prompts), n, params)

@@ -17,7 +17,7 @@ Sources (:func:`load_pairs`) are any of
   network access, which CI does not have).
 
 - ``problems:<source>[:<split>[:<n>]]``, e.g. ``problems:gsm_symbolic:train:2000``: offline pairs built
-  from ``synth.problems`` reference solutions (chosen) and the same solution with a wrong final answer
+  from ``alignment.tasks.problems`` reference solutions (chosen) and the same solution with a wrong final answer
   (rejected) - broad pairs for phase 1 where no public preference set can be downloaded
   (:func:`reference_pairs`).
 
@@ -163,7 +163,7 @@ def reference_pairs(source: str, split: str = "train", n: int = 1000, seed: int 
     numeric-looking answer in it are skipped. Only training splits should be used (the held-out templates
     are the eval sets).
     """
-    from synth.problems import load_problems
+    from alignment.tasks.problems import load_problems
 
     rng = random.Random(seed)
     rows = []

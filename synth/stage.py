@@ -40,8 +40,8 @@ from alignment.artifacts import atomic_write_json, atomic_write_jsonl, config_ha
 from alignment.errors import ConfigError
 from alignment.stage import StageContext, StageResult
 from alignment.tasks.format import user_message
+from alignment.tasks.problems import EVAL_ONLY, Problem, load_problems
 from synth.outputs import GENERATOR_VERSION, build_datasets, summarize, write_card
-from synth.problems import EVAL_ONLY, Problem, load_problems
 from synth.search.tree import SearchConfig, derive_seed
 
 WORK_DIR = ".synth-work"  # dot-prefixed: scratch, not part of the stage's content hash
@@ -169,7 +169,7 @@ def _init_worker(policy: PolicySpec, search: SearchConfig, seed: int, code_timeo
         import torch
 
         torch.set_num_threads(threads)  # workers share the cores: one thread each avoids oversubscription
-    from synth.verify import get_verifier
+    from alignment.tasks.verify import get_verifier
 
     sampler, render = policy.build()
     _WORKER.update(sampler=sampler, render=render, search=search, seed=seed, work=Path(work), write_trees=write_trees,
@@ -277,8 +277,8 @@ def generate(problems: list[Problem], policy: PolicySpec, cfg: SynthConfig, out_
     card_config = {"search": asdict(search_cfg), "problems": [asdict(s) if isinstance(s, ProblemSpec) else dict(s) for s in cfg.problems],
                    "policy": policy.kind, "seed": cfg.seed, "batch_problems": cfg.batch_problems, "max_sft_per_problem": cfg.max_sft_per_problem,
                    "min_pair_gap": cfg.min_pair_gap, "code_timeout_s": cfg.code_timeout_s}
-    from synth.verify.code import CodeVerifier
-    from synth.verify.math import MathVerifier
+    from alignment.tasks.verify.code import CodeVerifier
+    from alignment.tasks.verify.math import MathVerifier
 
     verifiers = {"math": MathVerifier.version, "code": CodeVerifier.version}
     outputs: dict[str, str] = {}

@@ -9,7 +9,7 @@ seeds. Here "hard" means, per candidate:
 - its **pass rate**: the share of ``k`` samples from the stage-1 model that a caller-supplied
   ``pass_rate_fn(prompt_messages, sample_texts) -> float | None`` accepts (None = no verifier
   for this example). ``alignment`` never imports ``synth``: the stage resolves the hook from a
-  dotted path in the recipe (e.g. a ``synth.verify`` helper) and passes it in.
+  dotted path in the recipe (e.g. a ``alignment.tasks.verify`` helper) and passes it in.
 
 :func:`select_hardest` ranks by hardness = the loss percentile, averaged with ``1 - pass_rate``
 where a pass rate exists, and keeps the top ``n`` (ties broken by pool order, so it is

@@ -1,6 +1,6 @@
 """The one prompt and answer format of every task, used by SFT data, synth, online DPO and eval.
 
-A *problem* is anything with ``kind`` ("math" or "code") and ``prompt`` (synth.problems.Problem,
+A *problem* is anything with ``kind`` ("math" or "code") and ``prompt`` (alignment.tasks.problems.Problem,
 or a row of a prompts file). The policy sees one user turn: the instruction of its kind, a blank
 line, the problem text. Math answers are worked solutions, one step per line, whose last line is
 ``#### <answer>`` (GSM8K's form: short for a small model, and what the reference solutions of

@@ -22,9 +22,9 @@ and the runner instantiates them with hydra, adding the arguments only it knows:
   object with ``score(prompts, responses) -> list[float]`` (``reward.score.RewardScorer.from_pretrained``).
 - ``verifier``: ``instantiate(cfg.verifier, <kind>)`` must return an object with
   ``verify(problem, response)`` returning a verdict with ``passed`` and ``error_kind``
-  (``synth.verify.get_verifier``); an ``error_kind`` (e.g. a sandbox fault) counts as unknown, not failed.
+  (``alignment.tasks.verify.get_verifier``); an ``error_kind`` (e.g. a sandbox fault) counts as unknown, not failed.
 - ``prompts.source``: ``instantiate(cfg.prompts.source)`` returns a list of problems (objects with
-  ``id, kind, prompt, answer, tests``; ``synth.problems.load_problems``), dicts with the same keys,
+  ``id, kind, prompt, answer, tests``; ``alignment.tasks.problems.load_problems``), dicts with the same keys,
   or plain prompts. ``prompts.path`` (or a stage input named ``prompts``) reads the same rows
   from JSONL.
 
@@ -76,7 +76,7 @@ class PromptsConfig:
 
     Args:
         source (`dict | None`, *optional*): a ``_target_`` block returning a list of problems or
-            prompts, e.g. ``{_target_: synth.problems.load_problems, source: gsm_symbolic, n: 512}``.
+            prompts, e.g. ``{_target_: alignment.tasks.problems.load_problems, source: gsm_symbolic, n: 512}``.
         path (`str | None`, *optional*): a JSONL file, one ``{"prompt": ..., "id"?, "kind"?,
             "answer"?, "tests"?, "entry_point"?}`` per line.
         input_key (`str | None`, *optional*): output of the ``prompts`` input stage to read (when
@@ -103,7 +103,7 @@ class OnlineDPOConfig:
         scorer (`dict`, *optional*): ``_target_`` building the reward scorer; called with the reward
             model folder and ``device=``. Defaults to ``reward.score.RewardScorer.from_pretrained``.
         verifier (`dict | None`, *optional*): ``_target_`` building a verifier from a problem kind;
-            defaults to ``synth.verify.get_verifier``; ``None`` = reward model only.
+            defaults to ``alignment.tasks.verify.get_verifier``; ``None`` = reward model only.
         rounds (`int`, *optional*, defaults to `1`): rounds in this stage (the report mounts the
             stage twice, one round each).
         n_samples (`int`, *optional*, defaults to `16`): candidates per prompt (the report's 16).
@@ -127,7 +127,7 @@ class OnlineDPOConfig:
     scorer: dict[str, Any] = field(
         default_factory=lambda: {"_target_": "reward.score.RewardScorer.from_pretrained", "batch_size": 32}
     )
-    verifier: dict[str, Any] | None = field(default_factory=lambda: {"_target_": "synth.verify.get_verifier"})
+    verifier: dict[str, Any] | None = field(default_factory=lambda: {"_target_": "alignment.tasks.verify.get_verifier"})
     rounds: int = 1
     n_samples: int = 16
     max_new_tokens: int = 1024
@@ -165,7 +165,7 @@ def to_prompt_item(obj: Any, index: int, where: str, chat: bool) -> PromptItem:
         row = {"prompt": obj}
     elif isinstance(obj, Mapping):
         row = dict(obj)
-    else:  # a problem object (synth.problems.Problem): read its documented fields
+    else:  # a problem object (alignment.tasks.problems.Problem): read its documented fields
         try:
             row = {"id": obj.id, "prompt": obj.prompt, "kind": obj.kind, "answer": obj.answer, "tests": obj.tests}
         except AttributeError as e:

@@ -3,7 +3,7 @@
 From each state, sample k next steps (one sampler call), drop children that
   - repeat a state already seen anywhere in this search (duplicate states),
   - fail a partial check (math: a step whose bare arithmetic is provably wrong,
-    ``synth.verify.math.step_arithmetic_ok``; code has no partial check),
+    ``alignment.tasks.verify.math.step_arithmetic_ok``; code has no partial check),
 and visit the survivors in order of prior (highest first). Terminal children are
 verified; a state at ``max_depth`` is finished with one rollout and verified. Every reward
 is backed up along its path, so each node's visits/value count the verified responses
@@ -21,9 +21,9 @@ from typing import Callable
 
 from alignment.sampling.base import Sampler
 from alignment.tasks.format import plain_render
-from synth.problems import Problem
+from alignment.tasks.problems import Problem
+from alignment.tasks.verify.math import step_arithmetic_ok
 from synth.search.tree import Node, SearchConfig, SearchResult, StepPolicy, normalize_step
-from synth.verify.math import step_arithmetic_ok
 
 
 def dfs_search(problem: Problem, sampler: Sampler, verifier, cfg: SearchConfig, seed: int = 0,

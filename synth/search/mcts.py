@@ -27,7 +27,7 @@ from typing import Callable
 
 from alignment.sampling.base import Sampler
 from alignment.tasks.format import plain_render
-from synth.problems import Problem
+from alignment.tasks.problems import Problem
 from synth.search.tree import Node, SearchConfig, SearchResult, StepPolicy
 
 

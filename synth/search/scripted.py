@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 
 from alignment.sampling.base import Sample, SamplingParams
 from alignment.tasks.format import plain_render
-from synth.problems import Problem
+from alignment.tasks.problems import Problem
 from synth.search.tree import separator
 
 _LAST_NUM = re.compile(r"(-?\d+)(?!.*\d)", re.DOTALL)

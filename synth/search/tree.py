@@ -29,8 +29,8 @@ from typing import Any, Callable, Sequence
 
 from alignment.sampling.base import Sampler, SamplingParams
 from alignment.tasks.format import plain_render
-from synth.problems import Problem
-from synth.verify import Verdict
+from alignment.tasks.problems import Problem
+from alignment.tasks.verify import Verdict
 
 _FINAL_RE = re.compile(r"####|\\boxed\{|\banswer is\b|\banswer\s*:|答案", re.IGNORECASE)
 

@@ -91,8 +91,8 @@ def test_split_by_prompt_is_disjoint_deterministic_and_format_blind():
 
 def test_reference_pairs_pass_and_fail_the_math_verifier():
     from alignment.tasks.format import user_message
-    from synth.problems import load_problems
-    from synth.verify import get_verifier
+    from alignment.tasks.problems import load_problems
+    from alignment.tasks.verify import get_verifier
 
     pairs = reference_pairs("templates", "train", n=12, seed=0)
     # the reward model sees the prompt the policy saw: the task's one user turn

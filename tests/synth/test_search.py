@@ -5,12 +5,12 @@ import math
 
 import pytest
 
-from synth.problems import load_problems
+from alignment.tasks.problems import load_problems
+from alignment.tasks.verify import get_verifier
 from synth.search import SearchConfig, dfs_search, mcts_search
 from synth.search.mcts import puct_select
 from synth.search.scripted import ScriptedSampler
 from synth.search.tree import Node
-from synth.verify import get_verifier
 
 MATH = get_verifier("math")
 
@@ -133,7 +133,7 @@ def test_search_is_deterministic(problems, search):
 
 
 def test_infra_faults_are_not_backed_up(problems):
-    from synth.verify import Verdict
+    from alignment.tasks.verify import Verdict
 
     class Broken:
         def verify(self, problem, response):

@@ -2,7 +2,7 @@
 native sampler, scores, pairs and trains; the next stage samples from the previous round's policy.
 
 The reward model and verifier are scripted here and reached through ``_target_`` strings exactly as
-the pipeline reaches reward.score / synth.verify, so the hydra wiring is tested too.
+the pipeline reaches reward.score / alignment.tasks.verify, so the hydra wiring is tested too.
 
 Run: python -m pytest -q tests/train/test_dpo_online.py
 """

@@ -8,8 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from synth.verify import Verdict, get_verifier
-from synth.verify.math import MathVerifier, extract_answer, step_arithmetic_ok
+from alignment.tasks.verify import Verdict, get_verifier
+from alignment.tasks.verify.math import MathVerifier, extract_answer, step_arithmetic_ok
 
 V = get_verifier("math")
 
@@ -255,7 +255,7 @@ def test_interrupted_parses_leave_no_deadlock_or_damage():
     a lock protocol, e.g. an import lock, would hang the process)."""
     import math_verify.parser
 
-    from synth.verify.bounded import deadlines_fired
+    from alignment.tasks.verify.bounded import deadlines_fired
 
     want = [(v.passed, v.detail) for v in (verify(r, a) for r, a in _fresh_rows(1000))]
     rng = random.Random(0)

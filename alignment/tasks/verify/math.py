@@ -38,12 +38,12 @@ Bounds (the response is untrusted: every input gives a verdict, never a hang or 
     ``MAX_SYMBOLIC_EXPONENT``, a factorial above ``MAX_FACTORIAL``, or an unevaluated
     integral/sum/product/limit/derivative are refused. Big-integer arithmetic is one C call
     that nothing interrupts, so it must never start;
-  * the parse and the comparison together run under ``synth.verify.bounded.run_bounded``:
+  * the parse and the comparison together run under ``alignment.tasks.verify.bounded.run_bounded``:
     ``timeout_s`` (default 0.5 s) of the verifying thread's CPU time, enforced by a watchdog
     thread that raises into the verifying thread. Math-Verify's own timeouts are off: they
     use ``signal.alarm``, which works only in the main thread.
 
-Run the table tests: ``python -m pytest -q tests/synth/test_verify_math.py``.
+Run the table tests: ``python -m pytest -q tests/tasks/test_verify_math.py``.
 """
 
 from __future__ import annotations
@@ -58,8 +58,8 @@ from typing import Any
 import sympy
 from sympy import Basic, MatrixBase
 
-from synth.verify import Verdict
-from synth.verify.bounded import run_bounded
+from alignment.tasks.verify import Verdict
+from alignment.tasks.verify.bounded import run_bounded
 
 MAX_ANSWER_CHARS = 300  # longer "answers" are not answers; also bounds parse cost
 MAX_NESTING = 12  # brackets/braces/parentheses deep (ANTLR's parse time grows steeply with depth)

@@ -8,7 +8,7 @@ one step per line, ending with ``#### <answer>``. Non-integer answers are writte
 
 Split: 3 of the 12 templates (ranked by sha256) are held out, never used for training.
 
-    python -c "from synth.problems import load_problems; [print(p.prompt, p.answer) for p in load_problems('templates', 'train', 4, 0)]"
+    python -c "from alignment.tasks.problems import load_problems; [print(p.prompt, p.answer) for p in load_problems('templates', 'train', 4, 0)]"
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from random import Random
 from typing import Callable
 
 from alignment.tasks.format import math_solution
-from synth.problems import Problem, split_by_key
+from alignment.tasks.problems import Problem, split_by_key
 
 HELDOUT_FRAC = 0.25
 

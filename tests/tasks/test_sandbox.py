@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from synth.verify.code import CodeVerifier, Sandbox, extract_code
+from alignment.tasks.verify.code import CodeVerifier, Sandbox, extract_code
 
 TESTS = "def check(candidate):\n    assert candidate(2) == 4\n"
 ROOT = os.geteuid() == 0
@@ -207,7 +207,7 @@ def test_extract_code_completes_a_prompt_signature():
 
 
 def test_humaneval_canonical_pass_and_mutants_fail(verifier):
-    from synth.problems import load_problems
+    from alignment.tasks.problems import load_problems
 
     problems = load_problems("humaneval", "test", n=4, seed=0)
     good = verifier.verify_many(problems, [p.meta["reference"] for p in problems], workers=2)

@@ -5,7 +5,7 @@ are listed in its ``tasks_ok``). We hold out a fixed 20% of the templates (ranke
 sha256), so held-out accuracy measures transfer to unseen problem structures, not to new
 numbers in seen ones. Each problem's numbers come from ``Random(f"gsm:{seed}:{i}")``.
 
-    python -c "from synth.problems.gsm import template_split; print(template_split())"
+    python -c "from alignment.tasks.problems.gsm import template_split; print(template_split())"
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 from functools import lru_cache
 from random import Random
 
-from synth.problems import Problem, split_by_key
+from alignment.tasks.problems import Problem, split_by_key
 
 HELDOUT_FRAC = 0.2
 

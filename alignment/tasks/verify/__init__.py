@@ -1,6 +1,6 @@
 """Verifiers: decide whether a response solves a problem.
 
-    from synth.verify import get_verifier, Verdict
+    from alignment.tasks.verify import get_verifier, Verdict
     verdict = get_verifier("math").verify(problem, response)   # or "code"
 
 ``Verdict.passed`` is the accept decision; ``score`` is in [0, 1]; ``detail`` says why in one
@@ -53,11 +53,11 @@ def get_verifier(kind: str, **kwargs: Any):
     CPU seconds per answer for math).
     """
     if kind == "math":
-        from synth.verify.math import MathVerifier
+        from alignment.tasks.verify.math import MathVerifier
 
         return MathVerifier(**kwargs)
     if kind == "code":
-        from synth.verify.code import CodeVerifier
+        from alignment.tasks.verify.code import CodeVerifier
 
         return CodeVerifier(**kwargs)
     raise ValueError(f"unknown verifier kind {kind!r}; expected 'math' or 'code'")

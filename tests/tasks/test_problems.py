@@ -2,8 +2,8 @@
 
 import pytest
 
-from synth.problems import Problem, load_problems
-from synth.verify import get_verifier
+from alignment.tasks.problems import Problem, load_problems
+from alignment.tasks.verify import get_verifier
 
 
 @pytest.mark.parametrize("source", ["gsm_symbolic", "templates"])
@@ -14,8 +14,8 @@ def test_train_and_heldout_use_disjoint_templates(source):
 
 
 def test_template_split_is_fixed():
-    from synth.problems.gsm import template_split as gsm_split
-    from synth.problems.templates import template_split
+    from alignment.tasks.problems.gsm import template_split as gsm_split
+    from alignment.tasks.problems.templates import template_split
 
     train, held = template_split()
     assert len(held) == 3 and len(train) == 9

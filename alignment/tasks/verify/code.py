@@ -1,6 +1,6 @@
 """Code verifier: extract the program from a response and run the problem's tests in a sandbox.
 
-    from synth.verify import get_verifier
+    from alignment.tasks.verify import get_verifier
     v = get_verifier("code", timeout_s=5.0)
     v.verify(problem, response)   # problem.tests defines check(candidate); problem.entry_point names it
 
@@ -38,7 +38,7 @@ Verdicts: ``passed`` (score 1.0) only on a clean run with the sentinel. Timeouts
 exceptions, syntax errors give ``passed=False, error_kind=None``. A sandbox that could not
 start (spawn error, harness setup error, missing interpreter) gives ``error_kind="infra"``.
 
-Run the adversarial tests: ``python -m pytest -q tests/synth/test_sandbox.py``.
+Run the adversarial tests: ``python -m pytest -q tests/tasks/test_sandbox.py``.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from synth.verify import Verdict
+from alignment.tasks.verify import Verdict
 
 HARNESS = Path(__file__).with_name("sandbox_harness.py")
 _FENCE_RE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)

@@ -7,7 +7,7 @@ import pytest
 
 from alignment.stage import InputArtifact, StageContext
 from alignment.tasks.format import plain_render
-from synth.evaluate import EvalConfig, EvalSetSpec, evaluate_sampler, load_eval_sets, paired_comparisons, pass_at_k, run
+from alignment.tasks.evaluate import EvalConfig, EvalSetSpec, evaluate_sampler, load_eval_sets, paired_comparisons, pass_at_k, run
 from synth.search.scripted import ScriptedSampler
 
 
@@ -61,8 +61,8 @@ def test_eval_stage_on_two_checkpoints(tmp_path, tiny_model, tiny_tokenizer):
 
 
 def test_format_compliance_separates_unreadable_from_wrong():
-    from synth.problems import Problem
-    from synth.verify import get_verifier
+    from alignment.tasks.problems import Problem
+    from alignment.tasks.verify import get_verifier
 
     math_v = get_verifier("math")
     p = Problem(id="t1", kind="math", prompt="What is 2+3?", answer="5")
@@ -90,7 +90,7 @@ def test_paired_comparisons_follow_input_order():
 def test_checkpoints_are_compared_in_pipeline_order(tmp_path):
     from omegaconf import OmegaConf
 
-    from synth.evaluate import _in_pipeline_order
+    from alignment.tasks.evaluate import _in_pipeline_order
 
     # a recipe's inputs mapping lists the stage defaults first and the pipeline's additions after
     inputs = {n: InputArtifact(n, tmp_path / n, {}, {}) for n in ("sft_broad", "dpo_r2", "base")}

@@ -9,7 +9,7 @@ Only records whose reference imports nothing but deterministic standard-library 
 are used (no numpy/sympy, no ``random`` inside the solution, so outputs are reproducible),
 and 10% of the records (ranked by sha256) are held out.
 
-    python -c "from synth.problems import load_problems; print(load_problems('codeio', 'train', 1, 0)[0].prompt)"
+    python -c "from alignment.tasks.problems import load_problems; print(load_problems('codeio', 'train', 1, 0)[0].prompt)"
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from functools import lru_cache
 from pathlib import Path
 from random import Random
 
-from synth.problems import Problem, split_by_key
+from alignment.tasks.problems import Problem, split_by_key
 
 HELDOUT_FRAC = 0.1
 N_CASES = 5

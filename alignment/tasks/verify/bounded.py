@@ -1,6 +1,6 @@
 """Run a pure-Python computation with a CPU-time bound, in any thread, without signals.
 
-    from synth.verify.bounded import run_bounded
+    from alignment.tasks.verify.bounded import run_bounded
     finished, value = run_bounded(lambda: sympy.simplify(expr), cpu_s=0.5)
 
 ``signal.alarm`` (what Math-Verify's own timeouts use) works only in the main thread; the
@@ -54,7 +54,7 @@ WALL_FACTOR = 20.0  # default wall-clock backstop, as a multiple of the CPU budg
 INTERRUPTIBLE = ("/sympy/", "/mpmath/", "/antlr4/", "/latex2sympy2_extended/", "/math_verify/")
 # path fragments of modules that must not be on the stack when it lands (lock protocols)
 _UNSAFE = ("<frozen", "/importlib/", "/threading.py", "/logging/", "/queue.py", "/concurrent/",
-           "/multiprocessing/", "/synth/verify/bounded.py")
+           "/multiprocessing/", "/alignment/tasks/verify/bounded.py")
 
 
 class Deadline(BaseException):

@@ -1,6 +1,6 @@
 """Sandbox harness: the first (trusted) code that runs in a code-verifier subprocess.
 
-Not imported by the package: ``synth.verify.code`` runs it as a script,
+Not imported by the package: ``alignment.tasks.verify.code`` runs it as a script,
 
     python -S -s -P -B sandbox_harness.py        (marshal-encoded config dict on stdin)
 

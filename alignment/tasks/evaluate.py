@@ -9,7 +9,7 @@ Pipeline use (recipes/stage/eval.yaml)::
 
     stage:
       eval:
-        _target_: synth.evaluate.run
+        _target_: alignment.tasks.evaluate.run
         inputs: {sft_broad: sft_broad, sft_hard: sft_hard, dpo_r2: dpo_r2}   # every checkpoint
         sampler: ${sampler}
 
@@ -40,7 +40,7 @@ from alignment.sampling.base import SamplingParams
 from alignment.stage import StageContext, StageResult
 from alignment.stats import accuracy_ci, mcnemar
 from alignment.tasks.format import plain_render
-from synth.problems import Problem, load_problems
+from alignment.tasks.problems import Problem, load_problems
 
 
 @dataclass
@@ -124,7 +124,7 @@ def evaluate_sampler(sampler, render, sets: list[tuple[str, list[Problem]]], cfg
     """Evaluate one policy on every set; returns (flat metrics, per-response rows)."""
     from tqdm import tqdm
 
-    from synth.verify import get_verifier
+    from alignment.tasks.verify import get_verifier
 
     verifiers = {"math": get_verifier("math"), "code": get_verifier("code", timeout_s=cfg.code_timeout_s)}
     metrics: dict[str, Any] = {}

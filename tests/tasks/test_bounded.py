@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from synth.verify.bounded import deadlines_fired, run_bounded
+from alignment.tasks.verify.bounded import deadlines_fired, run_bounded
 
 HERE = (__file__,)  # lets the deadline land in this file's loops
 

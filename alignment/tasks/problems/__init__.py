@@ -1,6 +1,6 @@
 """Problems for synthesis and evaluation, and one loader for every source.
 
-    from synth.problems import Problem, load_problems
+    from alignment.tasks.problems import Problem, load_problems
     train = load_problems("gsm_symbolic", "train", n=100, seed=0)
     held = load_problems("templates", "heldout", n=50, seed=1)
     human_eval = load_problems("humaneval", "test")
@@ -9,7 +9,7 @@ Sources (``SOURCES``):
     gsm_symbolic  reasoning-gym's GSM-Symbolic generators (GSM8K-test templates), math;
                   split BY TEMPLATE: a fixed 20% of templates is held out.
     templates     our bilingual (zh/en) math templates with exact answers and difficulty
-                  1-3 (synth/problems/templates.py); split by template (3 of 12 held out).
+                  1-3 (alignment/tasks/problems/templates.py); split by template (3 of 12 held out).
     codeio        CodeI/O code tasks (reasoning-gym data file): write ``main_solution`` from
                   a description; tests compare with the reference on generated inputs.
                   Split by record (10% held out).
@@ -91,35 +91,35 @@ def _check_split(source: str, split: str, allowed: tuple[str, ...]) -> None:
 
 
 def _gsm(split, n, seed, **kw):
-    from synth.problems.gsm import load_gsm_symbolic
+    from alignment.tasks.problems.gsm import load_gsm_symbolic
 
     _check_split("gsm_symbolic", split, ("train", "heldout"))
     return load_gsm_symbolic(split, n, seed, **kw)
 
 
 def _templates(split, n, seed, **kw):
-    from synth.problems.templates import load_templates
+    from alignment.tasks.problems.templates import load_templates
 
     _check_split("templates", split, ("train", "heldout"))
     return load_templates(split, n, seed, **kw)
 
 
 def _codeio(split, n, seed, **kw):
-    from synth.problems.codeio import load_codeio
+    from alignment.tasks.problems.codeio import load_codeio
 
     _check_split("codeio", split, ("train", "heldout"))
     return load_codeio(split, n, seed, **kw)
 
 
 def _asdiv(split, n, seed, **kw):
-    from synth.problems.eval_sets import load_asdiv
+    from alignment.tasks.problems.eval_sets import load_asdiv
 
     _check_split("asdiv", split, ("test",))
     return load_asdiv(n, seed, **kw)
 
 
 def _humaneval(split, n, seed, **kw):
-    from synth.problems.eval_sets import load_humaneval
+    from alignment.tasks.problems.eval_sets import load_humaneval
 
     _check_split("humaneval", split, ("test",))
     return load_humaneval(n, seed, **kw)

@@ -20,8 +20,8 @@ def test_every_consumer_words_a_problem_the_same_way(tiny_tokenizer):
     from alignment.data.builtin import synthetic_math_records
     from alignment.train.online_dpo import to_prompt_item
     from reward.pairs import reference_pairs
-    from synth.problems import load_problems
-    from synth.verify import get_verifier
+    from alignment.tasks.problems import load_problems
+    from alignment.tasks.verify import get_verifier
 
     problem = load_problems("templates", "train", 1, 0)[0]
     turn = user_message(problem)

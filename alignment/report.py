@@ -21,7 +21,9 @@ import re
 import sys
 from pathlib import Path
 
-from alignment.artifacts import Manifest, atomic_write_bytes, atomic_write_json, atomic_write_text, git_commit
+from alignment.artifacts import (
+    Manifest, atomic_write_bytes, atomic_write_json, atomic_write_text, git_commit, is_timing_key,
+)
 
 # Eval metrics are named "<checkpoint stage>/<metric>", e.g. "sft_hard/math_heldout_acc".
 _EVAL_KEY = re.compile(r"^(?P<stage>[A-Za-z0-9_]+)/(?P<metric>.+)$")
@@ -37,7 +39,8 @@ def _fmt(v) -> str:
 
 def _headline(key: str) -> bool:
     # counts and secondary estimates stay in the manifest and the report, not the one-line summary
-    return not key.endswith(("/n", "/infra_faults", "_sampled", "_lo", "_hi", "/p_mcnemar", "/format", "_s"))
+    return not (key.endswith(("/n", "/infra_faults", "_sampled", "_lo", "_hi", "/p_mcnemar", "/format"))
+                or is_timing_key(key))
 
 
 def _is_score(metric: str) -> bool:

@@ -57,7 +57,7 @@ def _triton(module: str):
     return importlib.import_module(f"alignment.kernels.{module}")
 
 
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
+def _autocast_dtype(device: torch.device) -> torch.dtype | None:
     """The dtype matmuls run in under an enabled ``torch.autocast`` for ``device``'s type, else None."""
     dev_type = torch.device(device).type
     if not torch.is_autocast_enabled(dev_type):
@@ -65,11 +65,16 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
     return torch.get_autocast_dtype(dev_type)
 
 
-def _cast_for_autocast(dtype: torch.dtype | None, *tensors):
-    """Cast floating tensors to ``dtype`` (differentiably: autograd casts the grads back)."""
+def _matmul_class(fn, device: torch.device, *tensors):
+    """``fn(*tensors)`` as torch's matmul-class ops run under autocast: with autocast enabled for
+    ``device``, the floating ``tensors`` are cast to its dtype (differentiably: autograd casts the
+    grads back to each input's dtype) and ``fn`` runs with autocast off; otherwise as given."""
+    dtype = _autocast_dtype(device)
     if dtype is None:
-        return tensors
-    return tuple(t.to(dtype) if t is not None and t.is_floating_point() else t for t in tensors)
+        return fn(*tensors)
+    cast = [t.to(dtype) if t.is_floating_point() else t for t in tensors]
+    with torch.autocast(torch.device(device).type, enabled=False):
+        return fn(*cast)
 
 
 def moe_experts(x_TD, w_gate_up_E2ID, w_down_EDI, topk_idx_TK, topk_w_TK, impl: str = "auto"):
@@ -79,12 +84,10 @@ def moe_experts(x_TD, w_gate_up_E2ID, w_down_EDI, topk_idx_TK, topk_w_TK, impl: 
     topk_idx_TK int64 [T, K] (-1 = unused slot); topk_w_TK float32 [T, K]. Returns y_TD in x's dtype.
     """
     if resolve_impl(impl, x_TD.device) == "triton":
-        ac = autocast_dtype(x_TD.device)
-        if ac is None:
-            return _triton("moe").moe_experts(x_TD, w_gate_up_E2ID, w_down_EDI, topk_idx_TK, topk_w_TK)
-        x, w_gu, w_down = _cast_for_autocast(ac, x_TD, w_gate_up_E2ID, w_down_EDI)
-        with torch.autocast(x_TD.device.type, enabled=False):
-            y = _triton("moe").moe_experts(x, w_gu, w_down, topk_idx_TK, topk_w_TK)
+        fused = _triton("moe").moe_experts
+        # the routing weights stay float32 (not a matmul operand); the output keeps x's dtype
+        y = _matmul_class(lambda x, w_gu, w_down: fused(x, w_gu, w_down, topk_idx_TK, topk_w_TK),
+                          x_TD.device, x_TD, w_gate_up_E2ID, w_down_EDI)
         return y.to(x_TD.dtype)
     return reference.moe_experts(x_TD, w_gate_up_E2ID, w_down_EDI, topk_idx_TK, topk_w_TK)
 
@@ -105,12 +108,8 @@ def rms_norm(x, weight, eps: float, residual=None, impl: str = "auto"):
 def linear_cross_entropy(hidden_ND, weight_VD, labels_N, ignore_index: int = -100, impl: str = "auto"):
     """float32 per-token log-prob of each label under ``hidden @ weight.T``; 0.0 at ``ignore_index``."""
     if resolve_impl(impl, hidden_ND.device) == "triton":
-        ac = autocast_dtype(hidden_ND.device)
-        if ac is None:
-            return _triton("linear_ce").linear_cross_entropy(hidden_ND, weight_VD, labels_N, ignore_index)
-        hidden, weight = _cast_for_autocast(ac, hidden_ND, weight_VD)
-        with torch.autocast(hidden_ND.device.type, enabled=False):
-            return _triton("linear_ce").linear_cross_entropy(hidden, weight, labels_N, ignore_index)
+        fused = _triton("linear_ce").linear_cross_entropy
+        return _matmul_class(lambda h, w: fused(h, w, labels_N, ignore_index), hidden_ND.device, hidden_ND, weight_VD)
     return reference.linear_cross_entropy(hidden_ND, weight_VD, labels_N, ignore_index)
 
 
@@ -118,10 +117,6 @@ def hybrid_attention(q_BHSD, k_BHKD, v_BHKD, *, sliding_window=None, seq_ids_BS=
     """Causal GQA attention, optional sliding window and packing (no attention across ``seq_ids``)."""
     if resolve_impl(impl, q_BHSD.device) == "triton":
         flex = _triton("attention").hybrid_attention
-        ac = autocast_dtype(q_BHSD.device)
-        if ac is None:
-            return flex(q_BHSD, k_BHKD, v_BHKD, sliding_window=sliding_window, seq_ids_BS=seq_ids_BS)
-        q, k, v = _cast_for_autocast(ac, q_BHSD, k_BHKD, v_BHKD)
-        with torch.autocast(q_BHSD.device.type, enabled=False):
-            return flex(q, k, v, sliding_window=sliding_window, seq_ids_BS=seq_ids_BS)
+        return _matmul_class(lambda q, k, v: flex(q, k, v, sliding_window=sliding_window, seq_ids_BS=seq_ids_BS),
+                             q_BHSD.device, q_BHSD, k_BHKD, v_BHKD)
     return reference.hybrid_attention(q_BHSD, k_BHKD, v_BHKD, sliding_window=sliding_window, seq_ids_BS=seq_ids_BS)

@@ -159,7 +159,6 @@ def adopt_chat_format(tokenizer):
         ValueError: the vocabulary lacks ``<|im_start|>`` or ``<|im_end|>`` (not a ChatML vocabulary:
             adding them would need new embedding rows).
     """
-
     vocab = tokenizer.get_vocab()  # (SmolLM2's unk is <|endoftext|>: compare against the vocabulary, not unk)
 
     def has(token: str) -> bool:
@@ -181,4 +180,3 @@ def adopt_chat_format(tokenizer):
         if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
             raise ValueError("tokenizer: no pad token distinct from <|im_end|> (<|pad|> or <|endoftext|>) in its vocabulary")
     return tokenizer
-

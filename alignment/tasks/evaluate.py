@@ -17,7 +17,7 @@ Every input with a model is evaluated (``models`` narrows the list); metrics are
 ``<input>/<set>/<metric>`` (e.g. ``sft_hard/humaneval/pass@1``), each greedy accuracy with its 95%
 Wilson interval (``acc_lo``/``acc_hi``) and format compliance (``format``: the share of responses
 whose answer or code the verifier could read), and, with several checkpoints, each one against the
-one before it in ``inputs`` order on the same problems: ``delta`` and McNemar's exact ``p_mcnemar``
+one before it in pipeline order on the same problems: ``delta`` and McNemar's exact ``p_mcnemar``
 (alignment/stats.py). Standalone:
 ``yialign-synth --config-name eval_checkpoint inputs.policy=/path/to/model``.
 Writes ``report.json`` (metrics + per-set counts) and ``samples.jsonl`` (every response
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,19 +131,23 @@ def evaluate_sampler(sampler, render, sets: list[tuple[str, list[Problem]]], cfg
     metrics: dict[str, Any] = {}
     rows: list[dict] = []
     timing = {"sample_s": 0.0, "verify_s": 0.0}  # where the stage's time goes, per checkpoint
-    clock = time.perf_counter
+
+    @contextmanager
+    def timed(key: str):
+        t0 = time.perf_counter()
+        yield
+        timing[key] += time.perf_counter() - t0
+
     for name, problems in tqdm(sets, desc=f"eval {prefix or 'policy'}", unit="set"):
         if not problems:
             continue
         key = f"{prefix}/{name}" if prefix else name
         prompts = [render(p) for p in problems]
-        t0 = clock()
-        greedy = sampler.generate(prompts, 1, SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=0.0, seed=cfg.seed))
-        t1 = clock()
+        with timed("sample_s"):
+            greedy = sampler.generate(prompts, 1, SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=0.0, seed=cfg.seed))
         texts = [g[0].text for g in greedy]
-        verdicts = _verify_all(problems, texts, verifiers, cfg.verify_workers)
-        timing["sample_s"] += t1 - t0
-        timing["verify_s"] += clock() - t1
+        with timed("verify_s"):
+            verdicts = _verify_all(problems, texts, verifiers, cfg.verify_workers)
         judged = [v for v in verdicts if v.error_kind is None]
         acc = sum(v.passed for v in judged) / len(judged) if judged else 0.0
         metric = "pass@1" if problems[0].kind == "code" else "acc"
@@ -157,14 +162,12 @@ def evaluate_sampler(sampler, render, sets: list[tuple[str, list[Problem]]], cfg
             rows.append({"model": prefix, "set": name, "problem_id": p.id, "mode": "greedy", "response": t, **v.to_dict()})
         if problems[0].kind == "code" and cfg.num_samples > 0:
             params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed)
-            t0 = clock()
-            samples = sampler.generate(prompts, cfg.num_samples, params)
-            t1 = clock()
+            with timed("sample_s"):
+                samples = sampler.generate(prompts, cfg.num_samples, params)
             flat_p = [p for p, s in zip(problems, samples) for _ in s]
             flat_t = [x.text for s in samples for x in s]
-            flat_v = _verify_all(flat_p, flat_t, verifiers, cfg.verify_workers)
-            timing["sample_s"] += t1 - t0
-            timing["verify_s"] += clock() - t1
+            with timed("verify_s"):
+                flat_v = _verify_all(flat_p, flat_t, verifiers, cfg.verify_workers)
             per = {}
             for p, v in zip(flat_p, flat_v):
                 if v.error_kind is None:
@@ -219,10 +222,9 @@ def _build_policy(model_path: str, cfg: EvalConfig, device: str):
 
     import alignment.model  # noqa: F401  (registers yi_lightning; see synth/stage.py PolicySpec.build)
 
+    from alignment.checkpoints import check_model_dir
     from alignment.sampling import build_sampler
     from alignment.tasks.format import chat_render
-
-    from alignment.checkpoints import check_model_dir
 
     check_model_dir(model_path, "eval model")
     tokenizer = AutoTokenizer.from_pretrained(model_path)

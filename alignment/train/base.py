@@ -4,8 +4,9 @@ What it does, top to bottom:
 
 1. **Tokenizer**: load ``tokenizer_path`` if given; with ``init_from`` use the dense
    checkpoint's own vocabulary with our chat format (ChatML template with generation markers,
-   eos ``<|im_end|>``, pad distinct from eos: ``alignment.model.tokenizer.adopt_chat_format``); otherwise train ours (alignment.model.tokenizer) on the
-   offline corpus (alignment.data.corpus) at ``vocab_size``.
+   eos ``<|im_end|>``, pad distinct from eos: ``alignment.model.tokenizer.adopt_chat_format``);
+   otherwise train ours (alignment.model.tokenizer) on the offline corpus
+   (alignment.data.corpus) at ``vocab_size``.
 2. **Model**: either a fresh ``YiLightningForCausalLM`` from the ``model`` preset (its
    ``vocab_size`` set to the tokenizer's length), or a dense Llama/Qwen2/Mistral checkpoint
    upcycled to our MoE (alignment.model.upcycle) when ``init_from`` is set.

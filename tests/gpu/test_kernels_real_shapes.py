@@ -3,8 +3,9 @@ PyTorch reference (fresh random inputs each run).
 
 bf16 rows: inputs are bf16 leaves; the reference runs in float32 on the same (upcast) values, so
 the error is the kernel's own rounding (tolerances in tests/kernels/numerics.py).
-autocast rows: fp32 master weights and activations inside ``torch.autocast("cuda", bfloat16)``;
-both paths run under the same autocast and the gradients must land in fp32.
+autocast rows (tests/kernels/numerics.py ``compare_under_autocast``): fp32 master weights and
+activations inside ``torch.autocast("cuda", bfloat16)``; both paths run under the same autocast and
+the gradients must land in fp32.
 """
 
 import pytest
@@ -12,17 +13,10 @@ import torch
 
 from alignment import kernels
 from alignment.kernels import reference
-from tests.kernels.numerics import TOL, rel_err
+from tests.kernels.numerics import TOL, compare_under_autocast, rel_err
 
 BF16 = TOL[torch.bfloat16]
 dev = "cuda"
-
-
-def _fwd_bwd(fn, leaves):
-    out = fn(*leaves)
-    probe = torch.randn(out.shape, device=out.device, dtype=torch.float32)
-    (out.float() * probe).sum().backward()
-    return out.detach(), [t.grad for t in leaves], probe
 
 
 def check_bf16(kernel_fn, ref_fn, inputs, tol=BF16):
@@ -40,25 +34,6 @@ def check_bf16(kernel_fn, ref_fn, inputs, tol=BF16):
         if a.grad is not None:
             assert a.grad.dtype == torch.bfloat16
             assert rel_err(a.grad, b.grad) < tol
-
-
-def check_autocast(fn, inputs, tol=BF16):
-    """impl=triton vs impl=torch, both under bf16 autocast on fp32 leaves; grads fp32 and close."""
-    runs = []
-    for impl in ("torch", "triton"):
-        leaves = [t.detach().clone().requires_grad_(True) for t in inputs]
-        torch.manual_seed(0)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            out = fn(*leaves, impl=impl)
-        g = torch.Generator(device=dev).manual_seed(1)
-        probe = torch.randn(out.shape, device=dev, generator=g)
-        (out.float() * probe).sum().backward()
-        runs.append((out.detach(), [t.grad for t in leaves]))
-    (ref, ref_g), (out, g) = runs
-    assert out.dtype == ref.dtype
-    assert rel_err(out, ref) < tol
-    for a, b in zip(g, ref_g):
-        assert a.dtype == torch.float32 and rel_err(a, b) < tol
 
 
 # MoE: the bench anchor shape and the upcycled SmolLM2 layer (D 576, 8 experts of 192, top-8)
@@ -84,7 +59,7 @@ def test_moe_bf16(shape):
 @pytest.mark.parametrize("shape", MOE, ids=["anchor", "smollm2"])
 def test_moe_autocast(shape):
     x, w_gu, w_down, idx, tw = _moe_inputs(*shape)
-    check_autocast(lambda x, a, b, w, impl: kernels.moe_experts(x, a, b, idx, w, impl=impl), [x, w_gu, w_down, tw])
+    compare_under_autocast(lambda x, a, b, w, impl: kernels.moe_experts(x, a, b, idx, w, impl=impl), [x, w_gu, w_down, tw])
 
 
 @pytest.mark.parametrize("D", [576, 2048])
@@ -106,7 +81,7 @@ def test_rms_norm_bf16_and_autocast(D):
         with torch.autocast("cuda", dtype=torch.bfloat16):
             y, h = kernels.rms_norm(xb, w, 1e-5, residual=res, impl=impl)
         assert y.dtype == torch.bfloat16 and h.dtype == torch.float32
-    check_autocast(lambda x, r, w, impl: torch.cat([t.float() for t in kernels.rms_norm(x.bfloat16(), w, 1e-5, residual=r, impl=impl)]),
+    compare_under_autocast(lambda x, r, w, impl: torch.cat([t.float() for t in kernels.rms_norm(x.bfloat16(), w, 1e-5, residual=r, impl=impl)]),
                    [x, res, w])
 
 
@@ -117,7 +92,7 @@ def test_linear_cross_entropy_bf16_and_autocast(N, D, V):
     labels[::5] = -100
     check_bf16(lambda h, w: kernels.linear_cross_entropy(h, w, labels, impl="triton"),
                lambda h, w: reference.linear_cross_entropy(h, w, labels), [h, w])
-    check_autocast(lambda h, w, impl: kernels.linear_cross_entropy(h, w, labels, impl=impl), [h, w])
+    compare_under_autocast(lambda h, w, impl: kernels.linear_cross_entropy(h, w, labels, impl=impl), [h, w])
 
 
 @pytest.mark.parametrize("window, packed", [(None, False), (512, False), (512, True)], ids=["full", "sliding", "sliding_packed"])
@@ -129,7 +104,7 @@ def test_attention_bf16_and_autocast(window, packed):
         seq = torch.cumsum((torch.rand(B, S, device=dev) < 3 / S).long(), -1)  # ~3 documents per row
     check_bf16(lambda q, k, v: kernels.hybrid_attention(q, k, v, sliding_window=window, seq_ids_BS=seq, impl="triton"),
                lambda q, k, v: reference.hybrid_attention(q, k, v, sliding_window=window, seq_ids_BS=seq), [q, k, v])
-    check_autocast(lambda q, k, v, impl: kernels.hybrid_attention(q, k, v, sliding_window=window, seq_ids_BS=seq, impl=impl),
+    compare_under_autocast(lambda q, k, v, impl: kernels.hybrid_attention(q, k, v, sliding_window=window, seq_ids_BS=seq, impl=impl),
                    [q, k, v])
 
 

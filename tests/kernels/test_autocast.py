@@ -11,7 +11,7 @@ CUDA autocast. Fresh random inputs each run (no fixed seed).
 import pytest
 import torch
 
-from tests.kernels.numerics import TOL, rel_err
+from tests.kernels.numerics import TOL, compare_under_autocast, rel_err
 
 pytest.importorskip("triton")
 
@@ -22,30 +22,6 @@ BF16 = TOL[torch.bfloat16]
 
 def _autocast(device):
     return torch.autocast(device.type, dtype=torch.bfloat16)
-
-
-def _leaf(t):
-    return t.detach().clone().requires_grad_(True)
-
-
-def _run(fn, device, impl, tensors):
-    """fn(*leaves, impl) under autocast; backward of sum(out * probe); returns (out, grads)."""
-    leaves = [_leaf(t) for t in tensors]
-    with _autocast(device):
-        out = fn(*leaves, impl=impl)
-    probe = torch.linspace(-1, 1, out.numel(), device=device).view(out.shape)
-    (out.float() * probe).sum().backward()
-    return out, [leaf.grad for leaf in leaves]
-
-
-def _compare(fn, device, tensors):
-    ref_out, ref_grads = _run(fn, device, "torch", tensors)
-    out, grads = _run(fn, device, "triton", tensors)
-    assert out.dtype == ref_out.dtype
-    assert rel_err(out, ref_out) < BF16
-    for t, g, rg in zip(tensors, grads, ref_grads):
-        assert g is not None and g.dtype == t.dtype == rg.dtype  # grads in the master weights' dtype
-        assert rel_err(g, rg) < BF16
 
 
 @pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16])
@@ -60,7 +36,7 @@ def test_moe_experts_under_autocast(device, x_dtype):
     def fn(x, w_gu, w_down, tw, impl):
         return kernels.moe_experts(x, w_gu, w_down, idx, tw, impl=impl)
 
-    _compare(fn, device, [x, w_gu, w_down, tw])
+    compare_under_autocast(fn, [x, w_gu, w_down, tw])
 
 
 @pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16])
@@ -75,7 +51,7 @@ def test_rms_norm_with_fp32_residual_under_autocast(device, x_dtype):
         assert h.dtype == torch.promote_types(x.dtype, res.dtype) and y.dtype == x.dtype
         return torch.cat([y.float(), h.float()])
 
-    _compare(fn, device, [x, res, w])
+    compare_under_autocast(fn, [x, res, w])
 
 
 def test_linear_cross_entropy_under_autocast(device):
@@ -88,7 +64,7 @@ def test_linear_cross_entropy_under_autocast(device):
     def fn(hidden, weight, impl):
         return kernels.linear_cross_entropy(hidden, weight, labels, impl=impl)
 
-    _compare(fn, device, [hidden, weight])
+    compare_under_autocast(fn, [hidden, weight])
 
 
 def test_hybrid_attention_under_autocast(device):
@@ -103,8 +79,8 @@ def test_hybrid_attention_under_autocast(device):
     assert out.dtype == ref.dtype == torch.bfloat16
     assert rel_err(out, ref) < BF16
     if device.type == "cuda":  # FlexAttention has a backward on CUDA only
-        _compare(lambda q, k, v, impl: kernels.hybrid_attention(q, k, v, sliding_window=32, impl=impl),
-                 device, [q, k.float(), v.float()])
+        compare_under_autocast(lambda q, k, v, impl: kernels.hybrid_attention(q, k, v, sliding_window=32, impl=impl),
+                               [q, k.float(), v.float()])
 
 
 def test_tiny_model_trains_under_autocast_with_triton(device):

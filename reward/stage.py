@@ -41,6 +41,7 @@ from alignment.artifacts import atomic_write_jsonl, atomic_write_text
 from alignment.errors import ConfigError, DataError
 from alignment.paths import DATA_CARDS_DIR
 from alignment.stage import StageContext, StageResult
+from reward.onpolicy import SOURCE as ONPOLICY, OnPolicySpec, onpolicy_pairs
 from reward.pairs import curate_pairs, load_pairs, prompt_key, split_by_prompt
 from reward.train import LoraSpec, RewardPhase, TrainSpec, load_reward_model, train_phase
 
@@ -59,6 +60,8 @@ class RewardStageConfig:
         finetune (`RewardPhase`): phase 2, fine-tuning on curated pairs (``curate=true``, ``min_gap``).
         train (`TrainSpec`): settings shared by both phases (max_length, bf16, checkpoints, ...).
         lora (`LoraSpec`): LoRA instead of full fine-tuning (merged into the saved model).
+        onpolicy (`OnPolicySpec`, *optional*): the policy's own answers to training problems, judged by a
+            verifier (reward/onpolicy.py); a phase uses them by naming ``onpolicy`` in its sources.
         phases (`list[str]`, *optional*, defaults to `["pretrain", "finetune"]`): which phases run, in order.
         eval_fraction (`float`, *optional*, defaults to `0.1`): share of prompts held out for pairwise accuracy.
         max_heldout_pairs (`int`, *optional*, defaults to `1000`): cap on held-out pairs scored (a seeded hash
@@ -74,6 +77,7 @@ class RewardStageConfig:
     finetune: RewardPhase = field(default_factory=lambda: RewardPhase(sources=MISSING, curate=True))
     train: TrainSpec = field(default_factory=TrainSpec)
     lora: LoraSpec = field(default_factory=LoraSpec)
+    onpolicy: OnPolicySpec = field(default_factory=OnPolicySpec)
     phases: list[str] = field(default_factory=lambda: ["pretrain", "finetune"])
     eval_fraction: float = 0.1
     max_heldout_pairs: int = 1000
@@ -83,10 +87,14 @@ class RewardStageConfig:
     seed: int | None = None
 
 
-def _phase_pairs(phase: RewardPhase, ctx: StageContext, pairs_key: str) -> list[dict]:
+def _phase_pairs(phase: RewardPhase, ctx: StageContext, pairs_key: str, onpolicy: list[dict] | None) -> list[dict]:
     rows: list[dict] = []
     for src in phase.sources:
-        if src in ctx.inputs:
+        if src == ONPOLICY:
+            if onpolicy is None:
+                raise ConfigError(f"stage '{ctx.name}': a phase names source '{ONPOLICY}' but onpolicy.enabled is false")
+            got = onpolicy[: phase.max_pairs] if phase.max_pairs is not None else list(onpolicy)
+        elif src in ctx.inputs:
             # an earlier stage may legitimately produce no pairs (a weak policy verifies nothing)
             got = load_pairs(ctx.input(src, pairs_key), limit=phase.max_pairs, allow_empty=True)
             if not got:
@@ -135,8 +143,14 @@ def run(cfg: RewardStageConfig, ctx: StageContext) -> StageResult:
     # ---- data: per phase, split by prompt (one hash, so held-out prompts agree across phases)
     splits, held_out, sets = {}, {}, {}
     metrics: dict = {}
+    onpolicy = None
+    if cfg.onpolicy.enabled:
+        ctx.stage_dir.mkdir(parents=True, exist_ok=True)
+        cfg.onpolicy.seed = cfg.seed
+        onpolicy, m = onpolicy_pairs(cfg.onpolicy, ctx.input("policy", "model"), device, ctx.stage_dir / "onpolicy.jsonl")
+        metrics.update(m)
     for name in cfg.phases:
-        rows = _phase_pairs(getattr(cfg, name), ctx, cfg.pairs_key)
+        rows = _phase_pairs(getattr(cfg, name), ctx, cfg.pairs_key, onpolicy)
         train, evals = split_by_prompt(rows, cfg.eval_fraction, cfg.seed)
         if not train:
             log.warning("stage '%s': phase '%s' has no training pairs (sources %s, min_gap %s): skipped",
@@ -196,6 +210,9 @@ def run(cfg: RewardStageConfig, ctx: StageContext) -> StageResult:
         summary = run_inspection(scorer, load_candidates(Path(ctx.stage_dir / pairs_out / "heldout.jsonl")),
                                  report_tmp, title=f"{ctx.name}: held-out pairs", max_table_prompts=cfg.inspect_max_prompts)
         metrics["pairwise_acc"] = summary["pairwise_acc"]
+        for source in sorted({r["source"] for r in held}):  # e.g. the on-policy pairs alone: what online DPO asks of it
+            subset = [r for r in held if r["source"] == source]
+            metrics[f"pairwise_acc/{source}"], metrics[f"heldout_pairs/{source}"] = scorer.pairwise_accuracy(subset)[0], len(subset)
         metrics["heldout_mean_margin"] = summary["mean_margin"]
         metrics["length_spearman"] = summary["length_spearman"]
     else:

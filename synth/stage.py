@@ -40,28 +40,11 @@ from alignment.artifacts import atomic_write_json, atomic_write_jsonl, config_ha
 from alignment.errors import ConfigError
 from alignment.stage import StageContext, StageResult
 from alignment.tasks.format import user_message
-from alignment.tasks.problems import EVAL_ONLY, Problem, load_problems
+from alignment.tasks.problems import Problem, ProblemSpec, training_problems
 from synth.outputs import GENERATOR_VERSION, build_datasets, summarize, write_card
 from synth.search.tree import SearchConfig, derive_seed
 
 WORK_DIR = ".synth-work"  # dot-prefixed: scratch, not part of the stage's content hash
-
-
-@dataclass
-class ProblemSpec:
-    """One problem source of a synth run.
-
-    Args:
-        source (`str`): ``gsm_symbolic``, ``templates`` or ``codeio`` (training sources).
-        n (`int`): problems to draw.
-        split (`str`, *optional*, defaults to `"train"`): only ``train`` is allowed here.
-        seed (`int`, *optional*, defaults to `0`): the source's sampling seed.
-    """
-
-    source: str = MISSING
-    n: int = MISSING
-    split: str = "train"
-    seed: int = 0
 
 
 @dataclass
@@ -111,17 +94,7 @@ class SynthConfig:
 
 
 def build_problems(specs: list[ProblemSpec]) -> list[Problem]:
-    problems: list[Problem] = []
-    for i, spec in enumerate(specs):
-        spec = spec if isinstance(spec, ProblemSpec) else ProblemSpec(**spec)
-        if spec.source in EVAL_ONLY or spec.split != "train":
-            raise ConfigError(f"problems[{i}]: synth generates training data; {spec.source}/{spec.split} is held out or eval-only")
-        problems.extend(load_problems(spec.source, spec.split, spec.n, spec.seed))
-    ids = [p.id for p in problems]
-    if len(set(ids)) != len(ids):
-        dup = sorted({x for x in ids if ids.count(x) > 1})[:3]
-        raise ConfigError(f"problems: duplicate problem ids {dup} (two specs with the same source and seed?)")
-    return problems
+    return training_problems(specs, "problems")
 
 
 # --------------------------------------------------------------------------- policy in a worker

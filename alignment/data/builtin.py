@@ -8,6 +8,12 @@
   asked and answered in the task format (alignment/tasks/format.py: the math instruction, worked
   steps one per line, a last line ``#### N``), as synth, online DPO and eval ask. Sizes are
   unlimited; ``size`` picks how many.
+- ``builtin:task_templates`` / ``builtin:task_gsm_symbolic``: worked solutions of the training
+  task families (alignment/tasks/problems: our bilingual templates, reasoning-gym's GSM-Symbolic
+  generators), ``train`` split only, each problem once, asked and answered in the task format.
+  Each record carries ``task`` (``kind``, ``answer``) so a verifier can judge the policy's own
+  answers to it (sft_hard's pass rates). ``size`` picks how many problems are drawn (rows whose
+  reference carries float noise such as ``22.916666666666668`` are dropped, so a few less).
 - ``builtin:safety``: RAISE-style safety SFT targets (alignment/safety/targets.py): harmful
   requests with refusals that explain and redirect, and benign look-alikes with helpful
   answers, English and Chinese; ``size`` picks how many.
@@ -19,19 +25,22 @@ from __future__ import annotations
 
 import importlib.util
 import random
+import re
 import sys
 from pathlib import Path
 
 import yaml
 
 from alignment.paths import INSTALL_HINT
-from alignment.tasks.format import math_solution, task_message
+from alignment.tasks.format import math_solution, task_message, user_message
 
-BUILTINS = ("chatterbot_en", "chatterbot_zh", "synthetic_math", "safety")
+BUILTINS = ("chatterbot_en", "chatterbot_zh", "synthetic_math", "task_templates", "task_gsm_symbolic", "safety")
 LICENSES = {
     "chatterbot_en": "BSD-3-Clause (chatterbot-corpus 1.3.3)",
     "chatterbot_zh": "BSD-3-Clause (chatterbot-corpus 1.3.3)",
     "synthetic_math": "generated in-repo (alignment/data/builtin.py), same license as the repo",
+    "task_templates": "generated in-repo (alignment/tasks/problems/templates.py), same license as the repo",
+    "task_gsm_symbolic": "Apache-2.0 (reasoning-gym's GSM-Symbolic generators, GSM8K-test templates: MIT)",
     "safety": "generated in-repo (alignment/safety/targets.py), same license as the repo",
 }
 
@@ -137,6 +146,35 @@ def synthetic_math_records(size: int, seed: int = 0, zh_fraction: float = 0.25) 
     return records
 
 
+_FLOAT_NOISE = re.compile(r"\d\.\d{5,}")
+
+
+def task_records(source: str, size: int, seed: int = 0) -> list[dict]:
+    """Worked-solution chat records of ``size`` distinct ``train`` problems of a task family.
+
+    The user turn is the task format's (the instruction, a blank line, the problem); the answer is
+    the problem's reference solution (steps one per line, last line ``#### <answer>``). Problems
+    whose reference shows float noise are dropped. Each record keeps ``task`` =
+    ``{"kind", "answer", "problem_id"}`` for verifiers.
+    """
+    from alignment.tasks.problems import load_problems
+
+    records = []
+    for p in load_problems(source, "train", size, seed):
+        reference = p.meta.get("reference")
+        if not reference or _FLOAT_NOISE.search(reference):
+            continue
+        records.append(
+            {
+                "messages": [{"role": "user", "content": user_message(p)}, {"role": "assistant", "content": reference}],
+                "source": f"task_{source}",
+                "id": p.id,
+                "task": {"kind": p.kind, "answer": p.answer, "problem_id": p.id},
+            }
+        )
+    return records
+
+
 def builtin_records(name: str, size: int | None = None, seed: int = 0) -> list[dict]:
     """Records of the builtin source ``name`` (one of :data:`BUILTINS`)."""
     if name == "chatterbot_en":
@@ -145,6 +183,8 @@ def builtin_records(name: str, size: int | None = None, seed: int = 0) -> list[d
         return chatterbot_records("chinese")
     if name == "synthetic_math":
         return synthetic_math_records(size if size is not None else 10_000, seed)
+    if name in ("task_templates", "task_gsm_symbolic"):
+        return task_records(name[len("task_"):], size if size is not None else 10_000, seed)
     if name == "safety":
         from alignment.safety.targets import safety_records
 

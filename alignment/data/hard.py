@@ -33,7 +33,7 @@ from tqdm import tqdm
 from alignment.data.records import prompt_messages
 from alignment.kernels import linear_cross_entropy
 
-PassRateFn = Callable[[list[dict], list[str]], Optional[float]]
+PassRateFn = Callable[[dict, list[str]], Optional[float]]
 SeedExpander = Callable[[list[dict], int, int], list[dict]]
 
 
@@ -131,17 +131,17 @@ def pass_rates(records: Sequence[dict], sampler, pass_rate_fn: PassRateFn, k: in
     Args:
         records (`Sequence[dict]`): chat records; the prompt is everything before the last assistant turn.
         sampler: an ``alignment.sampling.Sampler`` over the stage-1 model.
-        pass_rate_fn (`PassRateFn`): ``(prompt_messages, sample_texts) -> float in [0, 1] | None``.
+        pass_rate_fn (`PassRateFn`): ``(record, sample_texts) -> float in [0, 1] | None``.
         k (`int`): samples per prompt.
         params (`SamplingParams`): decoding settings.
     """
     prompts = [prompt_messages(r) for r in records]
     samples = sampler.generate(prompts, k, params)
     rates = []
-    for prompt, group in zip(prompts, samples):
-        rate = pass_rate_fn(prompt, [s.text for s in group])
+    for record, group in zip(records, samples):
+        rate = pass_rate_fn(record, [s.text for s in group])
         if rate is not None and not 0.0 <= rate <= 1.0:
-            raise ValueError(f"pass_rate_fn returned {rate} for a prompt; expected a value in [0, 1] or None")
+            raise ValueError(f"pass_rate_fn returned {rate} for record {record.get('id')}; expected a value in [0, 1] or None")
         rates.append(rate)
     return rates
 

@@ -50,7 +50,9 @@ class SourceSpec:
         count (`int`, *optional*): exact number of examples to draw from this source; overrides
             ``weight``.
         size (`int`, *optional*): number of examples a generated builtin source makes
-            (``builtin:synthetic_math``); ignored for files.
+            (``builtin:synthetic_math``, ``builtin:task_*``); ignored for files.
+        seed (`int`, *optional*): generator seed of a builtin source; defaults to the recipe's seed.
+            Give sft_hard's pool another seed than sft_broad's to draw new problems.
         max_rows (`int`, *optional*): read at most this many rows (quick runs).
         skip_bad_rows (`bool`, *optional*, defaults to `False`): drop and count malformed rows
             instead of stopping at the first one.
@@ -67,6 +69,7 @@ class SourceSpec:
     weight: float = 1.0
     count: Optional[int] = None
     size: Optional[int] = None
+    seed: Optional[int] = None
     max_rows: Optional[int] = None
     skip_bad_rows: bool = False
     license: Optional[str] = None
@@ -175,7 +178,7 @@ def load_source(spec: SourceSpec, seed: int = 0, allow_empty: bool = False) -> L
     if spec.format not in FORMATS:
         raise DataError(f"source '{spec.name}': unknown format {spec.format!r}; expected one of {FORMATS}")
     if spec.path.startswith("builtin:"):
-        records = builtin_records(spec.path.split(":", 1)[1], size=spec.size, seed=seed)
+        records = builtin_records(spec.path.split(":", 1)[1], size=spec.size, seed=seed if spec.seed is None else spec.seed)
         for r in records:
             r["source"] = spec.name
         records = records[: spec.max_rows] if spec.max_rows is not None else records

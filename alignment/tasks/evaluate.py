@@ -1,9 +1,11 @@
 """The ``eval`` stage: held-out verified accuracy of one or more checkpoints.
 
-Math: greedy accuracy on held-out GSM-Symbolic templates, our held-out bilingual templates
-and ASDiv. Code: HumanEval pass@1 (greedy) and pass@k (``num_samples`` samples at
-``temperature``, unbiased estimator of Chen et al. 2021), tests run in the sandbox.
-Only held-out or eval-only splits are accepted here.
+Math: greedy accuracy on unseen instances of the trained task families (``train_heldout``: new
+numbers in trained templates), on held-out families (``heldout``: templates never trained on,
+transfer) and on regression sets (ASDiv, HumanEval). Code: HumanEval pass@1 (greedy) and pass@k
+(``num_samples`` samples at ``temperature``, unbiased estimator of Chen et al. 2021), tests run in
+the sandbox; a math set samples too when its ``num_samples`` is set. Only held-out or eval-only
+splits are accepted here.
 
 Pipeline use (recipes/stage/eval.yaml)::
 
@@ -50,10 +52,12 @@ class EvalSetSpec:
 
     Args:
         source (`str`): ``gsm_symbolic``, ``templates``, ``codeio`` (held-out split), ``asdiv``, ``humaneval``.
-        split (`str`): ``heldout`` or ``test`` (training splits are refused).
+        split (`str`): ``train_heldout``, ``heldout`` or ``test`` (``train`` is refused).
         n (`int | None`, *optional*): problems (None = the whole finite set).
         seed (`int`, *optional*, defaults to `1234`): sampling seed of procedural sets.
         name (`str`, *optional*): metric prefix; defaults to ``<source>_<split>``.
+        num_samples (`int | None`, *optional*): samples per problem for pass@k; None = the stage's
+            ``num_samples`` for code sets and 0 (greedy only) for math sets.
     """
 
     source: str = MISSING
@@ -61,6 +65,7 @@ class EvalSetSpec:
     n: int | None = None
     seed: int = 1234
     name: str = ""
+    num_samples: int | None = None
 
 
 @dataclass
@@ -72,7 +77,8 @@ class EvalConfig:
         sampler (`dict`, *optional*): the ``sampler`` group for ``build_sampler``.
         models (`list[str]`, *optional*): input names to evaluate; empty = every input.
         max_new_tokens (`int`, *optional*, defaults to `512`): per response.
-        num_samples (`int`, *optional*, defaults to `10`): code samples per problem for pass@k; 0 = greedy only.
+        num_samples (`int`, *optional*, defaults to `10`): samples per code problem for pass@k (a set's own
+            ``num_samples`` overrides it, math sets included); 0 = greedy only.
         pass_k (`list[int]`, *optional*, defaults to `[1, 10]`): k values reported from the samples.
         temperature (`float`, *optional*, defaults to `0.8`): sampling temperature for pass@k.
         top_p (`float`, *optional*, defaults to `0.95`): nucleus mass for pass@k.
@@ -109,10 +115,18 @@ def load_eval_sets(specs: list[EvalSetSpec]) -> list[tuple[str, list[Problem]]]:
     out = []
     for i, spec in enumerate(specs):
         if spec.split == "train":
-            raise ConfigError(f"sets[{i}]: eval uses held-out or test splits only, got {spec.source}/train")
+            raise ConfigError(f"sets[{i}]: eval uses held-out or test splits only, got {spec.source}/train "
+                              f"(unseen instances of the trained families: split train_heldout)")
         name = spec.name or f"{spec.source}_{spec.split}"
         out.append((name, load_problems(spec.source, spec.split, spec.n, spec.seed)))
     return out
+
+
+def set_samples(spec: EvalSetSpec | None, kind: str, cfg: "EvalConfig") -> int:
+    """Samples per problem for a set's pass@k (see ``EvalSetSpec.num_samples``)."""
+    if spec is not None and spec.num_samples is not None:
+        return spec.num_samples
+    return cfg.num_samples if kind == "code" else 0
 
 
 def _verify_all(problems: list[Problem], responses: list[str], verifiers: dict, workers: int):
@@ -138,9 +152,12 @@ def evaluate_sampler(sampler, render, sets: list[tuple[str, list[Problem]]], cfg
         yield
         timing[key] += time.perf_counter() - t0
 
+    given = [sp if isinstance(sp, EvalSetSpec) else EvalSetSpec(**sp) for sp in (cfg.sets if isinstance(cfg.sets, (list, tuple)) else [])]
+    specs = {sp.name or f"{sp.source}_{sp.split}": sp for sp in given}
     for name, problems in tqdm(sets, desc=f"eval {prefix or 'policy'}", unit="set"):
         if not problems:
             continue
+        n_samples = set_samples(specs.get(name), problems[0].kind, cfg)
         key = f"{prefix}/{name}" if prefix else name
         prompts = [render(p) for p in problems]
         with timed("sample_s"):
@@ -160,10 +177,10 @@ def evaluate_sampler(sampler, render, sets: list[tuple[str, list[Problem]]], cfg
             metrics[f"{key}/infra_faults"] = len(verdicts) - len(judged)
         for p, t, v in zip(problems, texts, verdicts):
             rows.append({"model": prefix, "set": name, "problem_id": p.id, "mode": "greedy", "response": t, **v.to_dict()})
-        if problems[0].kind == "code" and cfg.num_samples > 0:
+        if n_samples > 0:
             params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed)
             with timed("sample_s"):
-                samples = sampler.generate(prompts, cfg.num_samples, params)
+                samples = sampler.generate(prompts, n_samples, params)
             flat_p = [p for p, s in zip(problems, samples) for _ in s]
             flat_t = [x.text for s in samples for x in s]
             with timed("verify_s"):

@@ -23,10 +23,15 @@ and the runner instantiates them with hydra, adding the arguments only it knows:
 - ``verifier``: ``instantiate(cfg.verifier, <kind>)`` must return an object with
   ``verify(problem, response)`` returning a verdict with ``passed`` and ``error_kind``
   (``alignment.tasks.verify.get_verifier``); an ``error_kind`` (e.g. a sandbox fault) counts as unknown, not failed.
-- ``prompts.source``: ``instantiate(cfg.prompts.source)`` returns a list of problems (objects with
-  ``id, kind, prompt, answer, tests``; ``alignment.tasks.problems.load_problems``), dicts with the same keys,
-  or plain prompts. ``prompts.path`` (or a stage input named ``prompts``) reads the same rows
-  from JSONL.
+- ``prompts.problems``: task problems (``alignment.tasks.problems``: ``[{source: templates, n: 512}]``,
+  train splits only), asked in the one task format. ``prompts.path`` (or a stage input named
+  ``prompts``) reads rows ``{"prompt", "id"?, "kind"?, "answer"?, "tests"?, "entry_point"?}`` from JSONL.
+
+Frontier prompts (``frontier.enabled``): before a round samples its ``n_samples``, a probe of
+``frontier.probe_samples`` samples per prompt of the pool measures the policy's pass rate, and only
+prompts whose rate lies in ``[min_pass, max_pass]`` go on (at most ``frontier.prompts``): a prompt the
+policy always solves or never solves gives no verifier pair, so the round's samples go where the
+policy can still learn.
 
 Tests call :func:`run_rounds` with in-process factories instead (tests/train/test_dpo_online.py).
 
@@ -63,6 +68,7 @@ from alignment.sampling import Prompt, Sample, Sampler, SamplerConfig, SamplingP
 from alignment.sampling.text import encode_prompts
 from alignment.stage import StageContext, StageResult
 from alignment.tasks.format import task_message
+from alignment.tasks.problems import ProblemSpec, training_problems
 from alignment.train.dpo import DPOTrainArgs, load_policy, train_dpo
 from alignment.train.losses import dpo_implicit_rewards, dpo_loss, sequence_logprobs
 from alignment.train.pairs import Candidate, Drop, PairRule, PairStats, select_pair
@@ -72,21 +78,21 @@ from alignment.train.pairs import Candidate, Drop, PairRule, PairStats, select_p
 
 @dataclass
 class PromptsConfig:
-    """Where a round's prompts come from: ``source``, ``path``, or the stage input ``prompts``.
+    """Where a round's prompts come from: ``problems``, ``path``, or the stage input ``prompts``.
 
     Args:
-        source (`dict | None`, *optional*): a ``_target_`` block returning a list of problems or
-            prompts, e.g. ``{_target_: alignment.tasks.problems.load_problems, source: gsm_symbolic, n: 512}``.
+        problems (`list[ProblemSpec]`, *optional*): task problems, e.g. ``[{source: templates, n: 512},
+            {source: gsm_symbolic, n: 256}]`` (train splits only; alignment.tasks.problems).
         path (`str | None`, *optional*): a JSONL file, one ``{"prompt": ..., "id"?, "kind"?,
             "answer"?, "tests"?, "entry_point"?}`` per line.
         input_key (`str | None`, *optional*): output of the ``prompts`` input stage to read (when
-            neither ``source`` nor ``path`` is set).
+            neither ``problems`` nor ``path`` is set).
         limit (`int | None`, *optional*): keep the first this many prompts.
         chat (`bool`, *optional*, defaults to `True`): send string prompts as one user message
             (through the chat template), as the SFT policies were trained.
     """
 
-    source: dict[str, Any] | None = None
+    problems: list[ProblemSpec] = field(default_factory=list)
     path: str | None = None
     input_key: str | None = None
     limit: int | None = None
@@ -94,11 +100,33 @@ class PromptsConfig:
 
 
 @dataclass
+class FrontierSpec:
+    """Keep the prompts at the policy's frontier (see the module docstring).
+
+    Args:
+        enabled (`bool`, *optional*, defaults to `False`): probe and select; off samples every prompt.
+        probe_samples (`int`, *optional*, defaults to `4`): samples per pool prompt for the pass rate.
+        min_pass (`float`, *optional*, defaults to `0.1`): lowest pass rate kept.
+        max_pass (`float`, *optional*, defaults to `0.9`): highest pass rate kept.
+        prompts (`int | None`, *optional*): keep at most this many (pool order); None = all that qualify.
+        max_new_tokens (`int | None`, *optional*): probe sample length; None = the round's.
+    """
+
+    enabled: bool = False
+    probe_samples: int = 4
+    min_pass: float = 0.1
+    max_pass: float = 0.9
+    prompts: int | None = None
+    max_new_tokens: int | None = None
+
+
+@dataclass
 class OnlineDPOConfig:
     """Schema of recipes/stage/online_dpo.yaml. Inputs: ``policy`` (model), ``reward`` (RM model).
 
     Args:
-        prompts (`PromptsConfig`): the prompt set (the same prompts every round).
+        prompts (`PromptsConfig`): the prompt pool (the same pool every round).
+        frontier (`FrontierSpec`, *optional*): per round, keep the pool's prompts at the policy's frontier.
         sampler (`SamplerConfig`, *optional*): the ``sampler`` group (``${sampler}``).
         scorer (`dict`, *optional*): ``_target_`` building the reward scorer; called with the reward
             model folder and ``device=``. Defaults to ``reward.score.RewardScorer.from_pretrained``.
@@ -123,6 +151,7 @@ class OnlineDPOConfig:
     """
 
     prompts: PromptsConfig = field(default_factory=PromptsConfig)
+    frontier: FrontierSpec = field(default_factory=FrontierSpec)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     scorer: dict[str, Any] = field(
         default_factory=lambda: {"_target_": "reward.score.RewardScorer.from_pretrained", "batch_size": 32}
@@ -192,20 +221,18 @@ def to_prompt_item(obj: Any, index: int, where: str, chat: bool) -> PromptItem:
 
 
 def load_prompts(cfg: PromptsConfig, ctx: StageContext) -> list[PromptItem]:
-    """Read the prompt set from ``cfg.source`` / ``cfg.path`` / the ``prompts`` input."""
-    if cfg.source is not None and cfg.path is not None:
-        raise ConfigError("prompts: set either 'source' or 'path', not both")
-    if cfg.source is not None:
-        from hydra.utils import instantiate
-
-        objs, where = instantiate(cfg.source), f"prompts.source ({cfg.source.get('_target_')})"
+    """Read the prompt set from ``cfg.problems`` / ``cfg.path`` / the ``prompts`` input."""
+    if cfg.problems and cfg.path is not None:
+        raise ConfigError("prompts: set either 'problems' or 'path', not both")
+    if cfg.problems:
+        objs, where = training_problems(list(cfg.problems), "prompts.problems"), "prompts.problems"
     else:
         if cfg.path is not None:
             path = Path(cfg.path)
         elif "prompts" in ctx.inputs:
             path = ctx.input("prompts", cfg.input_key)
         else:
-            raise ConfigError("prompts: set 'source' or 'path', or give the stage an input named 'prompts'")
+            raise ConfigError("prompts: set 'problems' or 'path', or give the stage an input named 'prompts'")
         if not path.is_file():
             raise MissingFileError(f"prompts: {path} is not a file (expected JSONL prompts)")
         objs, where = read_jsonl(path), str(path)
@@ -325,6 +352,39 @@ def build_pairs(rows: Sequence[dict], rule: PairRule, seed: int, round_idx: int)
     return out, stats
 
 
+def select_frontier(
+    sampler: Sampler,
+    items: Sequence[PromptItem],
+    spec: FrontierSpec,
+    params: SamplingParams,
+    verify: Callable[[PromptItem, str], bool | None] | None,
+) -> tuple[list[PromptItem], dict[str, float]]:
+    """The pool's prompts whose probe pass rate lies in ``[min_pass, max_pass]`` (pool order, at most
+    ``spec.prompts``); prompts without a verifier (no known answer) are kept as they are."""
+    if spec.probe_samples < 1 or not 0.0 <= spec.min_pass <= spec.max_pass <= 1.0:
+        raise ConfigError(f"frontier: need probe_samples >= 1 and 0 <= min_pass <= max_pass <= 1, got {spec}")
+    if verify is None:
+        return list(items), {"frontier_pool": len(items), "frontier_kept": len(items)}
+    probed = [it for it in items if it.problem is not None]
+    groups = generate_candidates(sampler, probed, spec.probe_samples, params) if probed else []
+    rates: dict[int, float | None] = {}
+    for it, group in zip(probed, groups):
+        verdicts = [v for v in (verify(it, s.text) for s in group) if v is not None]
+        rates[id(it)] = sum(verdicts) / len(verdicts) if verdicts else None
+    kept = [it for it in items if it.problem is None or rates[id(it)] is None
+            or spec.min_pass <= rates[id(it)] <= spec.max_pass]
+    if spec.prompts is not None:
+        kept = kept[: spec.prompts]
+    known = [r for r in rates.values() if r is not None]
+    return kept, {
+        "frontier_pool": len(items),
+        "frontier_kept": len(kept),
+        "frontier_probe_pass_rate": sum(known) / len(known) if known else float("nan"),
+        "frontier_all_solved": sum(r == 1.0 for r in known),
+        "frontier_none_solved": sum(r == 0.0 for r in known),
+    }
+
+
 # --------------------------------------------------------------------------- KL estimate
 
 
@@ -422,6 +482,15 @@ def run_round(
                                 stop=list(cfg.stop), seed=_round_seed(seed, ctx.name, round_idx))
         t0 = time.perf_counter()
         sampler = make_sampler(policy_dir)
+        if cfg.frontier.enabled:
+            probe = SamplingParams(max_new_tokens=cfg.frontier.max_new_tokens or cfg.max_new_tokens, temperature=cfg.temperature,
+                                   top_p=cfg.top_p, stop=list(cfg.stop), seed=params.seed + 1)
+            items, frontier = select_frontier(sampler, items, cfg.frontier, probe, verify)
+            metrics.update(frontier)
+            metrics["probe_s"] = time.perf_counter() - t0
+            if not items:
+                raise DataError(f"round {round_idx}: no prompt of the pool is on the policy's frontier "
+                                f"(pass rate in [{cfg.frontier.min_pass}, {cfg.frontier.max_pass}]): {frontier}")
         groups = generate_candidates(sampler, items, cfg.n_samples, params)
         if isinstance(sampler, GuardedSampler):  # safety.enabled: keep the guard events
             metrics["guard_events"] = len(sampler.events)
@@ -445,6 +514,8 @@ def run_round(
     # ---- pairs
     pairs, stats = build_pairs(rows, cfg.pairs, _round_seed(seed, ctx.name, round_idx), round_idx)
     metrics.update(stats.as_metrics())
+    if "frontier_pool" in metrics:  # the share of the whole pool, probe included, that gave a pair
+        metrics["pairs_per_pool_prompt"] = metrics["pairs"] / max(metrics["frontier_pool"], 1)
     atomic_write_jsonl(rdir / "pairs.jsonl", pairs)
 
     # ---- DPO (the policy is loaded only now: the sampler and the scorer are gone)
@@ -571,7 +642,8 @@ def write_pairs_card(ctx: StageContext, cfg: OnlineDPOConfig, per_round: Sequenc
 - policy sampled: `{per_round[0]['policy_in']}` (round 1; each later round samples the previous round's model)
 - sampling: {cfg.sampler.backend} backend, n={cfg.n_samples}, temperature {cfg.temperature}, top_p {cfg.top_p},
   max_new_tokens {cfg.max_new_tokens}
-- prompts: `{json.dumps(cfg.prompts.source) if cfg.prompts.source else cfg.prompts.path or 'input prompts'}`
+- prompts: `{json.dumps([asdict(p) if isinstance(p, ProblemSpec) else dict(p) for p in cfg.prompts.problems]) if cfg.prompts.problems else cfg.prompts.path or 'input prompts'}`
+- frontier: `{json.dumps(asdict(cfg.frontier))}`
 - scorer: `{json.dumps(cfg.scorer)}`; verifier: `{json.dumps(cfg.verifier)}`
 - pair rule: `{json.dumps(asdict(cfg.pairs))}` (ties always dropped)
 

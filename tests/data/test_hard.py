@@ -44,10 +44,11 @@ class _FakeSampler:
         return [[Sample(text=f"{p[-1]['content']}-{j}", token_ids=[], logprob_sum=0.0, finish_reason="stop") for j in range(n)] for p in prompts]
 
 
-def test_pass_rates_hook_gets_prompt_and_samples():
+def test_pass_rates_hook_gets_record_and_samples():
     seen = []
 
-    def rate(prompt, samples):
+    def rate(record, samples):
+        prompt = record["messages"][:-1]
         seen.append((prompt[-1]["content"], len(samples)))
         return None if prompt[-1]["content"] == "chat" else sum(s.endswith(("0", "1")) for s in samples) / len(samples)
 

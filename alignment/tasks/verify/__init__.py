@@ -63,4 +63,29 @@ def get_verifier(kind: str, **kwargs: Any):
     raise ValueError(f"unknown verifier kind {kind!r}; expected 'math' or 'code'")
 
 
-__all__ = ["Verdict", "get_verifier"]
+_VERIFIERS: dict[str, Any] = {}
+
+
+def record_pass_rate(record: dict, responses: list[str]) -> float | None:
+    """Share of ``responses`` a verifier accepts for a chat record carrying ``task`` (``kind``,
+    ``answer``; code: ``tests``, ``entry_point``), as the ``builtin:task_*`` sources write; None for a
+    record without one (chat, safety). The pass-rate hook of sft_hard's hard selection
+    (``hard.pass_rate_fn: alignment.tasks.verify.record_pass_rate``). Infrastructure faults are
+    left out of the share; all of them gives None."""
+    from types import SimpleNamespace
+
+    task = record.get("task")
+    if not task or not responses:
+        return None
+    kind = task.get("kind")
+    if kind not in _VERIFIERS:
+        _VERIFIERS[kind] = get_verifier(kind)
+    prompt = record["messages"][-2]["content"] if len(record.get("messages", [])) >= 2 else ""
+    problem = SimpleNamespace(id=task.get("problem_id", record.get("id")), kind=kind, prompt=prompt, answer=task.get("answer"),
+                              tests=task.get("tests"), entry_point=task.get("entry_point"))
+    verdicts = [_VERIFIERS[kind].verify(problem, r) for r in responses]
+    judged = [v.passed for v in verdicts if v.error_kind is None]
+    return sum(judged) / len(judged) if judged else None
+
+
+__all__ = ["Verdict", "get_verifier", "record_pass_rate"]

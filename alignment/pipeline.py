@@ -48,6 +48,7 @@ from alignment.errors import ConfigError, DataError, UserError, one_line
 from alignment.paths import RECIPES_DIR
 from alignment.report import format_metrics, stage_table, write_report
 from alignment.stage import InputArtifact, StageContext, StageResult
+from alignment.train.args import RENAMED_KEYS
 
 ACCELERATE_DIR = RECIPES_DIR / "accelerate"
 
@@ -192,7 +193,9 @@ def build_stage_config(name: str, block: DictConfig) -> tuple[Callable, Any, dic
         if isinstance(e, ConfigKeyError):
             owner = _schema_at(schema, str(key))
             known = ", ".join(f.name for f in dataclasses.fields(owner))
-            raise PipelineError(f"{where}.{key}: unknown key ({msg}); known keys of {owner.__qualname__}: {known}") from None
+            renamed = RENAMED_KEYS.get(str(key).rpartition(".")[2])
+            hint = f"; it was renamed: use {renamed}" if renamed else ""
+            raise PipelineError(f"{where}.{key}: unknown key ({msg}){hint}; known keys of {owner.__qualname__}: {known}") from None
         raise PipelineError(f"{where}.{key}: {type(e).__name__}: {msg}") from None
     try:
         from alignment.validate import check_values

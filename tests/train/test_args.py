@@ -115,3 +115,19 @@ def test_aux_loss_mixin_adds_and_logs_means_per_mode():
     assert trainer.lines[-1] == {"eval_loss": 1.0, "eval_aux_loss": 2.0}
     trainer.log({"eval_loss": 1.0})
     assert trainer.lines[-1] == {"eval_loss": 1.0}  # means are per log window
+
+
+def test_a_default_left_out_of_a_stage_yaml_is_overridable_and_hashed():
+    """Stage YAMLs list only deltas: ``stage.<name>.<field>=v`` still works for a field they leave
+    out, and the stage's config hash covers the typed config (a changed default reruns it)."""
+    from alignment.pipeline import compose, plan
+
+    def hashes(*overrides):
+        return {p.name: (p.config_hash, p.cfg) for p in plan(compose(["pipeline=tiny_cpu", *overrides]))}
+
+    base = hashes()
+    assert "report_to" not in compose(["pipeline=tiny_cpu"]).stage.sft_broad  # left to the schema default
+    changed = hashes("stage.sft_broad.report_to=tensorboard", "stage.reward.train.eval_steps=5")
+    assert changed["sft_broad"][1].report_to == "tensorboard" and changed["reward"][1].train.eval_steps == 5
+    assert changed["sft_broad"][0] != base["sft_broad"][0] and changed["base"][0] == base["base"][0]
+    assert hashes("stage.sft_broad.report_to=none")["sft_broad"][0] == base["sft_broad"][0]  # the default, written out

@@ -51,6 +51,8 @@ from alignment.stage import InputArtifact, StageContext, StageResult
 from alignment.train.args import RENAMED_KEYS
 
 ACCELERATE_DIR = RECIPES_DIR / "accelerate"
+# where rank 0 of a stage run under accelerate (alignment/launch.py) leaves its StageResult
+RESULT_FILE = ".result.json"
 
 
 class PipelineError(UserError, RuntimeError):
@@ -266,8 +268,6 @@ def launch_accelerate(p: "_Planned", run_dir: Path) -> StageResult:
     """Run the stage under ``accelerate launch`` (alignment/launch.py) and read back its result."""
     import json
     import subprocess
-
-    from alignment.launch import RESULT_FILE
 
     result_file = run_dir / p.name / RESULT_FILE
     result_file.unlink(missing_ok=True)

@@ -28,15 +28,14 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-RESULT_FILE = ".result.json"
+import alignment  # noqa: F401  registers the model with the Auto classes
+from alignment.artifacts import Manifest, atomic_write_json, row_limit
+from alignment.errors import UserError
+from alignment.pipeline import RESULT_FILE, RootConfig, _resolve_inputs, plan, resolve_device
+from alignment.stage import StageContext
 
 
 def main(argv: list[str] | None = None) -> int:
-    import alignment  # noqa: F401  registers the model with the Auto classes
-    from alignment.artifacts import Manifest, atomic_write_json
-    from alignment.pipeline import RootConfig, _resolve_inputs, plan, resolve_device
-    from alignment.stage import StageContext
-
     run_dir, name = (argv if argv is not None else sys.argv[1:])[:2]
     run_dir = Path(run_dir)
     cfg = OmegaConf.merge(OmegaConf.structured(RootConfig), OmegaConf.load(run_dir / "config.yaml"))
@@ -57,9 +56,6 @@ def main(argv: list[str] | None = None) -> int:
         device = f"cuda:{local_rank}"
     ctx = StageContext(name=name, run_dir=run_dir, stage_dir=run_dir / name, inputs=inputs, root=cfg,
                        device=device, seed=int(cfg.seed))
-    from alignment.artifacts import row_limit
-    from alignment.errors import UserError
-
     try:
         with row_limit(int(cfg.max_row_bytes)):
             result = p.fn(p.cfg, ctx)

@@ -48,8 +48,11 @@ from alignment.errors import ConfigError, DataError, UserError, one_line
 from alignment.paths import RECIPES_DIR
 from alignment.report import format_metrics, stage_table, write_report
 from alignment.stage import InputArtifact, StageContext, StageResult
+from alignment.train.args import RENAMED_KEYS
 
 ACCELERATE_DIR = RECIPES_DIR / "accelerate"
+# where rank 0 of a stage run under accelerate (alignment/launch.py) leaves its StageResult
+RESULT_FILE = ".result.json"
 
 
 class PipelineError(UserError, RuntimeError):
@@ -163,7 +166,11 @@ def stage_schema(fn: Callable, where: str) -> type:
 
 
 def build_stage_config(name: str, block: DictConfig) -> tuple[Callable, Any, dict[str, str], dict, dict]:
-    """Validate ``stage.<name>`` and return (runner, typed cfg, inputs, launch options, resolved plain dict).
+    """Validate ``stage.<name>`` and return (runner, typed cfg, inputs, launch options, identity dict).
+
+    The identity dict (what the stage's config hash is taken of) holds the *typed* config, defaults
+    included: the stage YAMLs list only what differs from the schema, and a changed default must
+    still rerun the stage.
 
     Reserved keys besides the runner's fields: ``_target_``, ``inputs``, and for training
     stages ``accelerate`` (a config name in recipes/accelerate/ or a path) with optional
@@ -192,7 +199,9 @@ def build_stage_config(name: str, block: DictConfig) -> tuple[Callable, Any, dic
         if isinstance(e, ConfigKeyError):
             owner = _schema_at(schema, str(key))
             known = ", ".join(f.name for f in dataclasses.fields(owner))
-            raise PipelineError(f"{where}.{key}: unknown key ({msg}); known keys of {owner.__qualname__}: {known}") from None
+            renamed = RENAMED_KEYS.get(str(key).rpartition(".")[2])
+            hint = f"; it was renamed: use {renamed}" if renamed else ""
+            raise PipelineError(f"{where}.{key}: unknown key ({msg}){hint}; known keys of {owner.__qualname__}: {known}") from None
         raise PipelineError(f"{where}.{key}: {type(e).__name__}: {msg}") from None
     try:
         from alignment.validate import check_values
@@ -200,7 +209,7 @@ def build_stage_config(name: str, block: DictConfig) -> tuple[Callable, Any, dic
         check_values(typed, where)
     except ConfigError as e:
         raise PipelineError(str(e)) from None
-    return fn, typed, inputs, launch, {"_target_": block._target_, "inputs": inputs, **launch, **plain}
+    return fn, typed, inputs, launch, {"_target_": block._target_, "inputs": inputs, **launch, **dataclasses.asdict(typed)}
 
 
 def _schema_at(schema: type, key: str) -> type:
@@ -260,8 +269,6 @@ def launch_accelerate(p: "_Planned", run_dir: Path) -> StageResult:
     import json
     import subprocess
 
-    from alignment.launch import RESULT_FILE
-
     result_file = run_dir / p.name / RESULT_FILE
     result_file.unlink(missing_ok=True)
     cmd = launch_command(p, run_dir)
@@ -306,7 +313,7 @@ def plan(cfg: DictConfig) -> list[_Planned]:
     _check_root_values(cfg)
     planned = []
     for name in order:
-        fn, typed, inputs, launch, plain = build_stage_config(name, cfg.stage[name])
+        fn, typed, inputs, launch, identity = build_stage_config(name, cfg.stage[name])
         if "accelerate" in launch:
             launch["config_file"] = accelerate_config(launch["accelerate"], f"stage.{name}.accelerate")
         for inp, src in inputs.items():
@@ -314,7 +321,7 @@ def plan(cfg: DictConfig) -> list[_Planned]:
                 raise PipelineError(f"stage.{name}.inputs.{inp}: '{src}' runs after '{name}'")
             if src not in order:
                 _check_path_input(Path(src), f"stage.{name}.inputs.{inp}", order)
-        planned.append(_Planned(name, fn, typed, inputs, launch, config_hash(plain)))
+        planned.append(_Planned(name, fn, typed, inputs, launch, config_hash(identity)))
     return planned
 
 
@@ -549,13 +556,36 @@ def _run_stage(cfg: DictConfig, p: _Planned, tag: str, manifest: Manifest, artif
 
 
 def compose(overrides: list[str] | None = None, config_name: str = "config") -> DictConfig:
-    """Compose a recipe without running it (tests, notebooks)."""
+    """Compose a recipe without running it (tests, notebooks).
+
+    Stage YAMLs hold only what differs from their schema's defaults, so ``stage.<name>.<field>=v``
+    may name a field the YAML leaves out; such an override is added (as ``+stage...`` would be) and
+    :func:`plan` checks it against the schema like any recipe key. When adding it fails too (no
+    such stage, a path through an interpolation), the original error stands.
+    """
+    import re
+
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+    from hydra.errors import ConfigCompositionException
 
     register_configs()
+    added, first = list(overrides or []), None
     with initialize_config_dir(config_dir=str(RECIPES_DIR), version_base="1.3"):
-        return hydra_compose(config_name=config_name, overrides=overrides or [])
+        while True:
+            try:
+                cfg = hydra_compose(config_name=config_name, overrides=added)
+            except ConfigCompositionException as e:
+                first = first or e  # the error to report is the one of the overrides as given
+                m = re.match(r"Could not override '(stage\.[^.']+\.[^']+)'", str(e))
+                i = next((j for j, a in enumerate(added) if m and a.split("=", 1)[0] == m.group(1)), None)
+                if i is None:
+                    raise first
+                added[i] = "+" + added[i]
+                continue
+            if first is None or all(a.split(".")[1] in cfg.pipeline.order for a in added if a.startswith("+stage.")):
+                return cfg
+            raise first
 
 
 def explain_compose_error(e: Exception, args: list[str]) -> str:

@@ -32,7 +32,9 @@ from typing import Any, Sequence
 from tqdm.auto import tqdm
 
 from alignment.errors import MissingFileError
+from reward.candidates import group_by_prompt, labelled_pairs, verifier_pairs
 from reward.pairs import PairFormatError, normalize_pair, prompt_key, prompt_text
+from reward.report import write_report
 
 __all__ = ["load_candidates", "verify_candidates", "sample_candidates", "score_candidates", "summarize",
            "format_table", "format_summary", "run_inspection"]
@@ -176,17 +178,10 @@ def score_candidates(scorer, cands: list[dict]) -> list[dict]:
         c["score"] = float(s)
         c["n_chars"] = len(c["response"])
         c["n_tokens"] = max(len(x) - prompt_lens[key], 0)  # response tokens (template overhead excluded)
-    for group in _groups(cands).values():
+    for group in group_by_prompt(cands).values():
         for r, c in enumerate(sorted(group, key=lambda c: -c["score"]), 1):
             c["rank"] = r
     return cands
-
-
-def _groups(cands: list[dict]) -> dict[str, list[dict]]:
-    groups: dict[str, list[dict]] = {}
-    for c in cands:
-        groups.setdefault(prompt_key(c["prompt"]), []).append(c)
-    return groups
 
 
 # --------------------------------------------------------------------------- summary
@@ -220,28 +215,9 @@ def _ranks(x: Sequence[float]) -> list[float]:
     return ranks
 
 
-def labelled_pairs(cands: list[dict]) -> list[tuple[dict, dict]]:
-    """(chosen, rejected) candidate pairs from pair rows."""
-    by_pair: dict[int, dict[str, dict]] = {}
-    for c in cands:
-        if c["pair"] is not None:
-            by_pair.setdefault(c["pair"], {})[c["label"]] = c
-    return [(p["chosen"], p["rejected"]) for p in by_pair.values() if "chosen" in p and "rejected" in p]
-
-
-def verifier_pairs(cands: list[dict]) -> list[tuple[dict, dict]]:
-    """Every (passed, failed) pair of candidates of the same prompt."""
-    out = []
-    for group in _groups(cands).values():
-        good = [c for c in group if c["passed"] is True]
-        bad = [c for c in group if c["passed"] is False]
-        out.extend((g, b) for g in good for b in bad)
-    return out
-
-
 def summarize(cands: list[dict]) -> dict[str, Any]:
     """The inspection summary (see the module docstring); NaN where a figure has no data."""
-    groups = _groups(cands)
+    groups = group_by_prompt(cands)
     pairs = labelled_pairs(cands)
     vpairs = verifier_pairs(cands)
     judged_groups = [g for g in groups.values() if any(c["passed"] is not None for c in g)]
@@ -297,9 +273,9 @@ def _clip(text: str, width: int) -> str:
 def format_table(cands: list[dict], max_prompts: int | None = None, width: int = 60) -> str:
     """Per prompt: rank, score, verifier verdict, pair label, source and the start of each response."""
     lines = []
-    for i, group in enumerate(_groups(cands).values()):
+    for i, group in enumerate(group_by_prompt(cands).values()):
         if max_prompts is not None and i >= max_prompts:
-            lines.append(f"... {len(_groups(cands)) - max_prompts} more prompts (see scores.jsonl)")
+            lines.append(f"... {len(group_by_prompt(cands)) - max_prompts} more prompts (see scores.jsonl)")
             break
         lines.append(f"prompt {i + 1}: {_clip(prompt_text(group[0]['prompt']), 100)}")
         lines.append(f"  {'rank':>4}  {'score':>8}  {'verdict':<7}  {'label':<8}  {'source':<12}  response")
@@ -349,7 +325,6 @@ def run_inspection(scorer, cands: list[dict], out_dir: str | Path, title: str = 
                    max_table_prompts: int = 50) -> dict[str, Any]:
     """Score, rank and summarize ``cands``; write scores.jsonl, summary.json, table.txt, report.html."""
     from alignment.artifacts import atomic_write_json, atomic_write_jsonl, atomic_write_text
-    from reward.report import write_report
 
     out_dir = Path(out_dir)
     verify_candidates(cands)

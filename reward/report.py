@@ -21,6 +21,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from reward.candidates import group_by_prompt, labelled_pairs, verifier_pairs
+
 __all__ = ["render_plots", "write_report"]
 
 # Fixed colours: the screenshot test looks for them, and the plots read the same in every report.
@@ -44,8 +46,6 @@ def render_plots(cands: list[dict]) -> dict[str, str]:
 
     matplotlib.use("Agg")  # no display on servers/CI
     import matplotlib.pyplot as plt
-
-    from reward.inspect import labelled_pairs, verifier_pairs
 
     pairs = labelled_pairs(cands)
     vpairs = verifier_pairs(cands)
@@ -136,7 +136,6 @@ def write_report(path: str | Path, cands: list[dict], summary: dict[str, Any], t
                  max_prompts: int = 50) -> Path:
     """Write the self-contained HTML report atomically; returns its path."""
     from alignment.artifacts import atomic_write_text
-    from reward.inspect import _groups
     from reward.pairs import prompt_text
 
     plots = render_plots(cands)
@@ -154,9 +153,9 @@ def write_report(path: str | Path, cands: list[dict], summary: dict[str, Any], t
     for name, b64 in plots.items():
         out.append(f"<img alt='{name}' id='plot-{name}' src='data:image/png;base64,{b64}'>")
     out.append("</div><h2>Rankings per prompt</h2>")
-    for i, group in enumerate(_groups(cands).values()):
+    for i, group in enumerate(group_by_prompt(cands).values()):
         if i >= max_prompts:
-            out.append(f"<p>... {len(_groups(cands)) - max_prompts} more prompts in scores.jsonl</p>")
+            out.append(f"<p>... {len(group_by_prompt(cands)) - max_prompts} more prompts in scores.jsonl</p>")
             break
         out.append(f"<h3>{i + 1}. {html.escape(prompt_text(group[0]['prompt'])[:300])}</h3>")
         out.append("<table><tr><th>rank</th><th>score</th><th>verdict</th><th>label</th><th>source</th>"

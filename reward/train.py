@@ -34,6 +34,8 @@ from datasets import Dataset
 from trl import RewardConfig, RewardTrainer
 
 from alignment.checkpoints import last_good_checkpoint
+from alignment.train.args import LoopArgs, LoraSpec, OptimArgs, training_kwargs
+from alignment.train.aux_loss import MoEAuxLossMixin
 from alignment.train.losses import bradley_terry_loss
 from reward.score import encode_conversation
 
@@ -42,8 +44,9 @@ __all__ = ["RewardPhase", "LoraSpec", "TrainSpec", "BradleyTerryTrainer", "load_
 
 
 @dataclass
-class RewardPhase:
-    """One training phase.
+class RewardPhase(OptimArgs):
+    """One training phase: which pairs, and the optimizer/schedule fields of
+    :class:`alignment.train.args.OptimArgs` (learning rate, steps, batch, warm-up ...), set per phase.
 
     Args:
         sources (`list[str]`, *optional*, defaults to `["synth"]`): pair sources: a stage input name
@@ -55,14 +58,6 @@ class RewardPhase:
         use_margin (`bool`, *optional*, defaults to `False`): pass the score gap as the Bradley-Terry
             margin (Llama-2 style) where both scores are known.
         max_pairs (`int`, *optional*): cap on pairs read per source (the first ones).
-        max_steps (`int`, *optional*, defaults to `-1`): optimizer steps; -1 trains ``num_train_epochs``.
-        num_train_epochs (`float`, *optional*, defaults to `1.0`).
-        learning_rate (`float`, *optional*, defaults to `1e-5`).
-        per_device_train_batch_size (`int`, *optional*, defaults to `8`): pairs per device step.
-        gradient_accumulation_steps (`int`, *optional*, defaults to `1`).
-        warmup_ratio (`float`, *optional*, defaults to `0.03`).
-        lr_scheduler_type (`str`, *optional*, defaults to `"cosine"`).
-        weight_decay (`float`, *optional*, defaults to `0.0`).
     """
 
     sources: list[str] = field(default_factory=lambda: ["synth"])
@@ -70,75 +65,26 @@ class RewardPhase:
     min_gap: float = 0.5
     use_margin: bool = False
     max_pairs: int | None = None
-    max_steps: int = -1
-    num_train_epochs: float = 1.0
-    learning_rate: float = 1e-5
-    per_device_train_batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    warmup_ratio: float = 0.03
-    lr_scheduler_type: str = "cosine"
-    weight_decay: float = 0.0
 
 
 @dataclass
-class LoraSpec:
-    """LoRA on the reward model (PEFT ``task_type="SEQ_CLS"``; the ``score`` head is trained in full).
-
-    Args:
-        enabled (`bool`, *optional*, defaults to `False`).
-        r (`int`, *optional*, defaults to `16`).
-        alpha (`int`, *optional*, defaults to `32`).
-        dropout (`float`, *optional*, defaults to `0.0`).
-        target_modules (`list[str]`, *optional*, defaults to attention + dense/shared-expert projections):
-            named ``nn.Linear`` modules (``"all-linear"`` would also wrap the MoE router gate, which should
-            stay put).
-        target_parameters (`list[str]`, *optional*): 3D routed-expert weights adapted through peft's
-            ``target_parameters``, e.g. ``["experts.gate_up_proj", "experts.down_proj"]``.
-    """
-
-    enabled: bool = False
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.0
-    target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
-    target_parameters: list[str] | None = None
-
-    def build(self):
-        from peft import LoraConfig
-
-        extra = {"target_parameters": list(self.target_parameters)} if self.target_parameters else {}
-        return LoraConfig(task_type="SEQ_CLS", r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
-                          target_modules=list(self.target_modules), modules_to_save=["score"], **extra)
-
-
-@dataclass
-class TrainSpec:
-    """Settings shared by both phases.
+class TrainSpec(LoopArgs):
+    """Settings shared by both phases: the loop fields of :class:`alignment.train.args.LoopArgs`
+    (bf16, gradient checkpointing, logging and checkpoint steps) plus these.
 
     Args:
         max_length (`int`, *optional*, defaults to `2048`): pairs with a longer side are dropped.
-        bf16 (`bool`, *optional*, defaults to `True`): bf16 mixed precision (turned off on CPU).
-        gradient_checkpointing (`bool`, *optional*, defaults to `True`).
-        logging_steps (`int`, *optional*, defaults to `10`).
-        save_steps (`int`, *optional*, defaults to `500`): trainer checkpoint interval (resume points).
-        save_total_limit (`int`, *optional*, defaults to `2`).
         eval_steps (`int`, *optional*, defaults to `0`): TRL held-out evaluation interval during training; 0 = only
             at the end of each phase; -1 = never (the stage still measures held-out accuracy at the end).
         seed (`int`, *optional*, defaults to `0`).
     """
 
     max_length: int = 2048
-    bf16: bool = True
-    gradient_checkpointing: bool = True
-    logging_steps: int = 10
-    save_steps: int = 500
-    save_total_limit: int = 2
     eval_steps: int = 0
     seed: int = 0
 
 
-class BradleyTerryTrainer(RewardTrainer):
+class BradleyTerryTrainer(MoEAuxLossMixin, RewardTrainer):
     """TRL's ``RewardTrainer`` with the project's Bradley-Terry loss plus the MoE load-balance loss.
 
     TRL's own ``compute_loss`` computes ``-logsigmoid(r_c - r_r [- margin])`` but drops the model's router
@@ -155,12 +101,9 @@ class BradleyTerryTrainer(RewardTrainer):
         loss = bradley_terry_loss(chosen, rejected, margin)
         if self.args.center_rewards_coefficient is not None:
             loss = loss + self.args.center_rewards_coefficient * torch.mean((chosen.float() + rejected.float()) ** 2)
-        aux = outputs.get("aux_loss")  # None for dense models (e.g. a Llama reward model)
-        if aux is not None:
-            # yi_lightning's aux_loss already carries its three balance coefficients (a_ST, a_EP, a_PEP)
-            loss = loss + aux.to(loss.dtype)
-            mode = "train" if model.training else "eval"
-            self._metrics[mode]["aux_loss"].append(float(aux.detach()))
+        # yi_lightning's aux_loss already carries its three balance coefficients (a_ST, a_EP, a_PEP);
+        # None for dense models (e.g. a Llama reward model)
+        loss = self.add_aux_loss(loss, outputs.get("aux_loss"), model.training)
         return (loss, outputs) if return_outputs else loss
 
 
@@ -228,7 +171,6 @@ def train_phase(model, tokenizer, train_pairs: list[dict], eval_pairs: list[dict
         return model, {"resumed_final": 1}
     if not train_pairs:
         raise ValueError(f"{phase_dir.name}: no training pairs (check the phase's sources and min_gap)")
-    on_cpu = device == "cpu"
     train_ds = tokenize_pairs(tokenizer, train_pairs, phase.use_margin)
     eval_ds = tokenize_pairs(tokenizer, eval_pairs, phase.use_margin) if eval_pairs else None
     # TRL drops pairs with a side over max_length; fail here, by name, rather than inside the trainer
@@ -238,32 +180,14 @@ def train_phase(model, tokenizer, train_pairs: list[dict], eval_pairs: list[dict
         raise ValueError(f"{phase_dir.name}: every training pair is longer than max_length={spec.max_length} "
                          f"tokens (the shortest needs {need}); raise train.max_length")
     args = RewardConfig(
-        output_dir=str(phase_dir),
-        max_steps=phase.max_steps,
-        num_train_epochs=phase.num_train_epochs,
-        learning_rate=phase.learning_rate,
-        per_device_train_batch_size=phase.per_device_train_batch_size,
+        **training_kwargs(phase, spec, output_dir=str(phase_dir), device=device, seed=spec.seed),
         per_device_eval_batch_size=phase.per_device_train_batch_size,
-        gradient_accumulation_steps=phase.gradient_accumulation_steps,
-        warmup_steps=phase.warmup_ratio,  # transformers 5: a float < 1 is a ratio of the total steps
-        lr_scheduler_type=phase.lr_scheduler_type,
-        weight_decay=phase.weight_decay,
         max_length=spec.max_length,
-        bf16=spec.bf16 and not on_cpu,
-        use_cpu=on_cpu,
-        gradient_checkpointing=spec.gradient_checkpointing,
-        logging_steps=spec.logging_steps,
-        save_strategy="steps",
-        save_steps=spec.save_steps,
-        save_total_limit=spec.save_total_limit,
         eval_strategy="steps" if (eval_ds is not None and spec.eval_steps > 0) else "no",
         eval_steps=spec.eval_steps if spec.eval_steps > 0 else None,
-        seed=spec.seed,
-        report_to=[],
-        dataloader_num_workers=0,
     )
     trainer = BradleyTerryTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                                  processing_class=tokenizer, peft_config=lora.build() if lora.enabled else None)
+                                  processing_class=tokenizer, peft_config=lora.peft_config("SEQ_CLS"))
     last = last_good_checkpoint(phase_dir)
     out = trainer.train(resume_from_checkpoint=last)
     metrics = {"train_loss": float(out.training_loss), "steps": int(out.global_step),

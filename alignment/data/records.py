@@ -21,12 +21,11 @@ A row that cannot be normalised raises :class:`BadRowError` naming the file and 
 index for Parquet/Arrow) and what is wrong; the caller either stops or, with
 ``skip_bad_rows``, drops and counts it (see :mod:`alignment.data.sources`).
 
-Check a file from the shell: ``python -m alignment.data.records path.jsonl``.
+Check a file from the shell: ``python -m alignment.data.sources path.jsonl``.
 """
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from alignment.errors import BadRowError  # noqa: F401  (re-exported: raised by normalize_row)
@@ -141,16 +140,3 @@ def prompt_messages(record: dict) -> list[dict]:
     """The conversation up to (not including) the last assistant turn: what a sampler is given."""
     return record["messages"][:-1]
 
-
-if __name__ == "__main__":
-    # Validate files from the shell: every bad row is printed, exit status 1 if any.
-    from alignment.data.sources import SourceSpec, load_source
-
-    status = 0
-    for path in sys.argv[1:]:
-        loaded = load_source(SourceSpec(name=path, path=path, skip_bad_rows=True))
-        print(f"{path}: {len(loaded.records)} good rows, {loaded.n_bad} bad {dict(loaded.bad_by_kind)}")
-        for msg in loaded.bad_examples:
-            print("  " + msg)
-        status |= loaded.n_bad > 0
-    sys.exit(status)

@@ -13,7 +13,7 @@ Rows are normalised with :func:`alignment.data.records.normalize_row`. A bad row
 load with an error naming the file and line, unless ``skip_bad_rows: true``, in which case it
 is dropped and counted per kind (the counts go into the mixture report and data card).
 
-Try it: ``python -m alignment.data.records my.jsonl`` lists the bad rows of a file.
+Try it: ``python -m alignment.data.sources my.jsonl`` lists the bad rows of a file.
 """
 
 from __future__ import annotations
@@ -209,3 +209,17 @@ def load_source(spec: SourceSpec, seed: int = 0, allow_empty: bool = False) -> L
             raise DataError(f"source '{spec.name}': {spec.path} has no usable row ({out.n_bad} bad rows skipped: "
                             f"{dict(out.bad_by_kind)}; first: {out.bad_examples[0] if out.bad_examples else '-'})")
     return out
+
+
+if __name__ == "__main__":
+    # Validate files from the shell: every bad row is printed, exit status 1 if any.
+    import sys
+
+    status = 0
+    for path in sys.argv[1:]:
+        loaded = load_source(SourceSpec(name=path, path=path, skip_bad_rows=True))
+        print(f"{path}: {len(loaded.records)} good rows, {loaded.n_bad} bad {dict(loaded.bad_by_kind)}")
+        for msg in loaded.bad_examples:
+            print("  " + msg)
+        status |= loaded.n_bad > 0
+    sys.exit(status)

@@ -5,7 +5,8 @@
 
 ``prompts`` are raw strings or chat message lists (``[{"role": ..., "content": ...}]``;
 the backend applies the tokenizer's chat template with a generation prompt). The result
-has one list per prompt, each with ``n`` samples.
+has one list per prompt, each with ``n`` samples. The backends that hold a model in this
+process (native, hf) share alignment/sampling/model_sampler.py.
 """
 
 from __future__ import annotations
@@ -60,25 +61,3 @@ class Sample:
 @runtime_checkable
 class Sampler(Protocol):
     def generate(self, prompts: Sequence[Prompt], n: int, params: SamplingParams) -> list[list[Sample]]: ...
-
-
-class ModelSampler:
-    """Shared part of the backends that hold a model in this process (native, hf)."""
-
-    def __init__(self, model, tokenizer, cfg, device: str = "cpu"):
-        import torch
-
-        from alignment.sampling.text import eos_token_ids
-
-        self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
-        self.device = torch.device(device)
-        self.eos_ids = eos_token_ids(tokenizer, model)
-        pad = tokenizer.pad_token_id
-        self.pad_id = int(pad) if pad is not None else min(self.eos_ids)
-
-    def reload(self, checkpoint) -> None:
-        """Sample from a newer policy from now on (online DPO, between rounds): a save_pretrained
-        folder (loaded in this sampler's dtype and device) or a model object."""
-        from alignment.sampling.build import as_policy
-
-        self.model = as_policy(checkpoint, self.tokenizer, self.cfg, str(self.device))

@@ -16,28 +16,7 @@ from typing import Any, Mapping
 
 from alignment.sampling.base import Sampler
 from alignment.sampling.config import SamplerConfig
-
-
-def as_policy(checkpoint, tokenizer, cfg: SamplerConfig, device: str):
-    """A policy to sample from: a ``save_pretrained`` folder (loaded in the sampler's dtype and
-    device) or a model object, as is. Backends' ``reload`` (online DPO, between rounds) uses it."""
-    if isinstance(checkpoint, (str, os.PathLike)):
-        checkpoint, _ = load_model_and_tokenizer(checkpoint, tokenizer, cfg, device)
-    return checkpoint
-
-
-def load_model_and_tokenizer(path: str | os.PathLike, tokenizer, cfg: SamplerConfig, device: str):
-    """Load a causal LM (and its tokenizer, unless given) from a ``save_pretrained`` folder."""
-    import alignment  # noqa: F401  (registers model_type yi_lightning with the Auto classes)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from alignment.checkpoints import check_model_dir
-
-    check_model_dir(path, "sampler model", tokenizer=tokenizer is None)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=cfg.torch_dtype(device)).to(device)
-    if tokenizer is None:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    return model, tokenizer
+from alignment.sampling.model_sampler import load_model_and_tokenizer
 
 
 def build_sampler(

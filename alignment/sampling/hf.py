@@ -21,8 +21,9 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 from tqdm.auto import tqdm
 
-from alignment.sampling.base import ModelSampler, Prompt, Sample, SamplingParams
+from alignment.sampling.base import Prompt, Sample, SamplingParams
 from alignment.sampling.batching import check_params, left_pad, plan_batches
+from alignment.sampling.model_sampler import ModelSampler
 from alignment.sampling.text import StopDetector, encode_prompts
 
 

@@ -36,9 +36,10 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from alignment.sampling.base import ModelSampler, Prompt, Sample, SamplingParams
+from alignment.sampling.base import Prompt, Sample, SamplingParams
 from alignment.sampling.batching import check_params, left_pad, plan_batches
 from alignment.sampling.config import SamplerConfig
+from alignment.sampling.model_sampler import ModelSampler
 from alignment.sampling.text import StopDetector, encode_prompts
 
 # Compact the decode batch once this share of its rows has finished: dropping rows costs one

@@ -26,7 +26,6 @@ Tests:      ``python -m pytest -q tests/train/test_base.py``.
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -39,13 +38,15 @@ from alignment.artifacts import atomic_write_json, drop_timings
 from alignment.data.corpus import DEFAULT_SOURCES, load_corpus
 from alignment.errors import ConfigError
 from alignment.stage import StageContext, StageResult
+from alignment.train.args import TrainArgs
 
 MATH_SOURCES = ("arithmetic", "reasoning_gym")
 
 
 @dataclass
-class BaseConfig:
-    """Schema of ``recipes/stage/base.yaml``.
+class BaseConfig(TrainArgs):
+    """Schema of ``recipes/stage/base.yaml``: the training fields of
+    :class:`alignment.train.args.TrainArgs` (pre-training defaults below) plus these.
 
     Args:
         model (`dict`): ``YiLightningConfig`` kwargs (the ``model`` preset, ``${model}``);
@@ -72,17 +73,9 @@ class BaseConfig:
         seq_len (`int`, *optional*, defaults to `2048`): tokens per training block.
         max_steps (`int`, *optional*, defaults to `1000`): optimizer steps (0: no training,
             just build and save).
-        per_device_train_batch_size (`int`, *optional*, defaults to `8`): blocks per step and device.
-        gradient_accumulation_steps (`int`, *optional*, defaults to `1`).
-        learning_rate (`float`, *optional*, defaults to `3e-4`).
-        lr_scheduler_type (`str`, *optional*, defaults to `"cosine"`).
-        warmup_ratio (`float`, *optional*, defaults to `0.05`).
-        weight_decay (`float`, *optional*, defaults to `0.1`).
-        max_grad_norm (`float`, *optional*, defaults to `1.0`).
-        bf16 (`bool`, *optional*, defaults to `False`): bf16 autocast (GPU).
-        gradient_checkpointing (`bool`, *optional*, defaults to `False`).
-        logging_steps (`int`, *optional*, defaults to `10`).
-        save_steps (`int`, *optional*, defaults to `200`): checkpoint interval (resume granularity).
+        learning_rate, warmup_ratio, weight_decay, bf16, gradient_checkpointing, save_steps:
+            :class:`~alignment.train.args.TrainArgs` fields with pre-training defaults (`3e-4`,
+            `0.05`, `0.1`, `False`, `False`, `200`).
         eval_blocks (`int`, *optional*, defaults to `32`): held-out blocks for the loss before/after.
         seed (`int`, *optional*, defaults to `None`): training seed; the recipe's seed when None.
         num_threads (`int`, *optional*, defaults to `None`): ``torch.set_num_threads`` for this
@@ -102,17 +95,13 @@ class BaseConfig:
     sources: list[str] = field(default_factory=lambda: list(DEFAULT_SOURCES))
     max_chars_per_source: Optional[int] = None
     seq_len: int = 2048
+    # TrainArgs fields whose defaults differ for pre-training
     max_steps: int = 1000
-    per_device_train_batch_size: int = 8
-    gradient_accumulation_steps: int = 1
     learning_rate: float = 3e-4
-    lr_scheduler_type: str = "cosine"
     warmup_ratio: float = 0.05
     weight_decay: float = 0.1
-    max_grad_norm: float = 1.0
     bf16: bool = False
     gradient_checkpointing: bool = False
-    logging_steps: int = 10
     save_steps: int = 200
     eval_blocks: int = 32
     seed: Optional[int] = None
@@ -281,30 +270,8 @@ def run(cfg: BaseConfig, ctx: StageContext) -> StageResult:
     metrics: dict[str, Any] = {}
     if cfg.max_steps > 0:
         dataset = Dataset.from_dict({"input_ids": blocks, "labels": blocks})
-        args = TrainingArguments(
-            output_dir=str(ctx.checkpoint_dir),
-            max_steps=cfg.max_steps,
-            per_device_train_batch_size=cfg.per_device_train_batch_size,
-            gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-            learning_rate=cfg.learning_rate,
-            lr_scheduler_type=cfg.lr_scheduler_type,
-            warmup_steps=math.ceil(cfg.warmup_ratio * cfg.max_steps),
-            weight_decay=cfg.weight_decay,
-            max_grad_norm=cfg.max_grad_norm,
-            bf16=cfg.bf16,
-            gradient_checkpointing=cfg.gradient_checkpointing,
-            logging_steps=cfg.logging_steps,
-            logging_first_step=True,
-            save_strategy="steps",
-            save_steps=cfg.save_steps,
-            save_total_limit=2,
-            seed=seed,
-            data_seed=seed,
-            report_to=[],
-            use_cpu=device.type == "cpu",
-            dataloader_num_workers=0,
-            disable_tqdm=False,
-        )
+        args = TrainingArguments(**cfg.hf_kwargs(str(ctx.checkpoint_dir), device.type, seed),
+                                 logging_first_step=True, disable_tqdm=False)
         model.config.use_cache = False  # no KV cache while training; restored before saving
         trainer = Trainer(model=model, args=args, train_dataset=dataset)
         last = ctx.last_checkpoint()

@@ -42,6 +42,7 @@ import torch
 
 from alignment.errors import ConfigError, DataError
 from alignment.stage import StageContext, StageResult
+from alignment.train.args import TrainArgs
 
 PREFERENCE_KEYS = ("prompt", "chosen", "rejected")
 AUX_LOSS_MODES = ("model", "trl", "off")
@@ -51,8 +52,9 @@ AUX_LOSS_MODES = ("model", "trl", "off")
 
 
 @dataclass
-class DPOTrainArgs:
-    """The DPO optimisation settings (a subset of ``trl.DPOConfig``, with this project's defaults).
+class DPOTrainArgs(TrainArgs):
+    """The DPO optimisation settings (a subset of ``trl.DPOConfig``, with this project's defaults): the
+    training fields of :class:`alignment.train.args.TrainArgs` plus these.
 
     The report does not disclose its DPO beta or learning rate; the defaults are ours.
 
@@ -61,55 +63,35 @@ class DPOTrainArgs:
         loss_type (`list[str]`, *optional*, defaults to `["sigmoid"]`): TRL loss types, combined with
             ``loss_weights`` (e.g. ``["sigmoid", "sft"]`` for DPO + NLL on chosen).
         loss_weights (`list[float] | None`, *optional*): one weight per loss type; ``None`` = all 1.
-        learning_rate (`float`, *optional*, defaults to `5e-7`): peak learning rate (AdamW).
-        lr_scheduler_type (`str`, *optional*, defaults to `"cosine"`): transformers scheduler name.
-        warmup_steps (`float`, *optional*, defaults to `0.1`): warm-up length: a float in [0, 1) is a
-            share of the steps, a number >= 1 a step count (transformers 5 semantics).
-        weight_decay (`float`, *optional*, defaults to `0.0`): AdamW weight decay.
-        max_grad_norm (`float`, *optional*, defaults to `1.0`): gradient clipping.
-        num_train_epochs (`float`, *optional*, defaults to `1.0`): passes over the pairs.
-        max_steps (`int`, *optional*, defaults to `-1`): stop after this many steps (-1 = epochs decide).
-        per_device_train_batch_size (`int`, *optional*, defaults to `8`): pairs per device per micro-step.
-        gradient_accumulation_steps (`int`, *optional*, defaults to `8`): micro-steps per optimizer step.
+        learning_rate, warmup_ratio, gradient_accumulation_steps, gradient_checkpointing, save_steps:
+            :class:`~alignment.train.args.TrainArgs` fields with DPO defaults (`5e-7`, `0.1`, `8`,
+            `False`, `200`); the others keep the TrainArgs defaults.
         max_length (`int | None`, *optional*, defaults to `4096`): prompt + completion tokens kept.
         aux_loss (`str`, *optional*, defaults to `"model"`): which MoE load-balancing loss joins the DPO
             loss: ``model`` (the backbone's own weighted ``aux_loss``), ``trl`` (TRL's Switch loss
             times ``router_aux_loss_coef``) or ``off``.
         router_aux_loss_coef (`float | None`, *optional*): ``aux_loss="trl"`` only: weight of TRL's
             term; ``None`` takes the model config's ``router_aux_loss_coef``.
-        gradient_checkpointing (`bool`, *optional*, defaults to `False`): recompute activations.
-        bf16 (`bool`, *optional*, defaults to `True`): bf16 autocast on CUDA (ignored on CPU).
         model_dtype (`str`, *optional*, defaults to `"float32"`): dtype the policy is loaded in
             (``float32`` master weights with bf16 autocast is the safe default).
         precompute_ref_batch_size (`int | None`, *optional*): batch size of the one reference pass;
             ``None`` = the training batch size.
-        logging_steps (`int`, *optional*, defaults to `10`): log every this many steps.
-        save_steps (`int`, *optional*, defaults to `200`): trainer checkpoint every this many steps.
-        save_total_limit (`int`, *optional*, defaults to `2`): trainer checkpoints kept.
     """
 
     beta: float = 0.1
     loss_type: list[str] = field(default_factory=lambda: ["sigmoid"])
     loss_weights: list[float] | None = None
-    learning_rate: float = 5e-7
-    lr_scheduler_type: str = "cosine"
-    warmup_steps: float = 0.1
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    num_train_epochs: float = 1.0
-    max_steps: int = -1
-    per_device_train_batch_size: int = 8
-    gradient_accumulation_steps: int = 8
     max_length: int | None = 4096
     aux_loss: str = "model"
     router_aux_loss_coef: float | None = None
-    gradient_checkpointing: bool = False
-    bf16: bool = True
     model_dtype: str = "float32"
     precompute_ref_batch_size: int | None = None
-    logging_steps: int = 10
+    # TrainArgs fields whose defaults differ for DPO
+    learning_rate: float = 5e-7
+    warmup_ratio: float = 0.1
+    gradient_accumulation_steps: int = 8
+    gradient_checkpointing: bool = False
     save_steps: int = 200
-    save_total_limit: int = 2
 
 
 @dataclass
@@ -190,38 +172,16 @@ def dpo_config(args: DPOTrainArgs, output_dir: str | Path, device: str, seed: in
 
     if args.aux_loss not in AUX_LOSS_MODES:
         raise ConfigError(f"train.aux_loss must be one of {AUX_LOSS_MODES}, got {args.aux_loss!r}")
-    on_cuda = device.startswith("cuda")
     return DPOConfig(
-        output_dir=str(output_dir),
+        **args.hf_kwargs(str(output_dir), device, seed),
         beta=args.beta,
         loss_type=list(args.loss_type),
         loss_weights=None if args.loss_weights is None else list(args.loss_weights),
-        learning_rate=args.learning_rate,
-        lr_scheduler_type=args.lr_scheduler_type,
-        warmup_steps=args.warmup_steps,
-        weight_decay=args.weight_decay,
-        max_grad_norm=args.max_grad_norm,
-        num_train_epochs=args.num_train_epochs,
-        max_steps=args.max_steps,
-        per_device_train_batch_size=args.per_device_train_batch_size,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
         max_length=args.max_length,
         # With our own aux loss (or none), TRL's Switch-loss term is switched off so it is not added twice.
         router_aux_loss_coef=args.router_aux_loss_coef if args.aux_loss == "trl" else 0.0,
-        gradient_checkpointing=args.gradient_checkpointing,
-        # TRL defaults to bf16=True, which fails on CPU (STACK.md pitfall 1).
-        bf16=on_cuda and args.bf16,
-        use_cpu=not on_cuda,
         precompute_ref_log_probs=True,
         precompute_ref_batch_size=args.precompute_ref_batch_size,
-        logging_steps=args.logging_steps,
-        save_strategy="steps",
-        save_steps=args.save_steps,
-        save_total_limit=args.save_total_limit,
-        report_to="none",
-        seed=seed,
-        data_seed=seed,
-        dataloader_num_workers=0,
     )
 
 
@@ -229,18 +189,22 @@ def _moe_dpo_trainer_class():
     """``MoEDPOTrainer``, defined lazily so importing this module does not import TRL (~7 s)."""
     from trl import DPOTrainer
 
-    class MoEDPOTrainer(DPOTrainer):
+    from alignment.train.aux_loss import MoEAuxLossMixin
+
+    class MoEDPOTrainer(MoEAuxLossMixin, DPOTrainer):
         """``DPOTrainer`` whose loss also carries the MoE backbone's own load-balancing loss.
 
         A forward hook on the backbone (``model.base_model``, which TRL's fused LM head calls)
-        keeps the ``aux_loss`` of the latest forward; :meth:`compute_loss` adds it. Only public
-        Trainer methods are overridden (``compute_loss``, ``log``).
+        keeps the ``aux_loss`` of the latest forward; :meth:`compute_loss` adds it through the
+        mixin, which logs it as ``moe_aux_loss``. Only public Trainer methods are overridden
+        (``compute_loss``; ``log`` in the mixin).
         """
+
+        aux_log_key = "moe_aux_loss"
 
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self._moe_aux = None
-            self._moe_aux_log: list[float] = []
             backbone = self.accelerator.unwrap_model(self.model).base_model
             self._moe_hook = backbone.register_forward_hook(self._keep_aux_loss)
 
@@ -259,18 +223,10 @@ def _moe_dpo_trainer_class():
                     f"aux_loss='model' needs a backbone that returns `aux_loss` ({type(self.model).__name__} "
                     "does not); use train.aux_loss='trl' or 'off'"
                 )
-            aux = self._moe_aux.to(torch.float32)
-            self._moe_aux_log.append(aux.detach().item())
             if return_outputs:
                 loss, outputs = result
-                return loss + aux, outputs
-            return result + aux
-
-        def log(self, logs, start_time=None):
-            if self._moe_aux_log:
-                logs["moe_aux_loss"] = sum(self._moe_aux_log) / len(self._moe_aux_log)
-                self._moe_aux_log.clear()
-            super().log(logs, start_time)
+                return self.add_aux_loss(loss, self._moe_aux, model.training), outputs
+            return self.add_aux_loss(result, self._moe_aux, model.training)
 
     return MoEDPOTrainer
 

@@ -37,7 +37,6 @@ from __future__ import annotations
 import importlib.util
 import math
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
@@ -55,6 +54,8 @@ from alignment.data.sources import SourceSpec, load_source
 from alignment.errors import ConfigError, DataError
 from alignment.safety.filter import SafetyConfig, SafetyFilter
 from alignment.stage import StageContext, StageResult
+from alignment.train.args import LoraSpec, TrainArgs
+from alignment.train.aux_loss import MoEAuxLossMixin, add_aux_loss
 from alignment.train.losses import per_sample_mean, sample_ids_from_position_ids, token_logprobs
 
 LOSS_WEIGHTINGS = ("sample", "token")
@@ -62,34 +63,9 @@ REPORT_TO = ("none", "tensorboard", "wandb")
 
 
 @dataclass
-class LoraSpec:
-    """Optional LoRA (peft). The merged model is what the stage publishes.
-
-    Args:
-        enabled (`bool`, *optional*, defaults to `False`): train LoRA adapters instead of all weights.
-        r (`int`, *optional*, defaults to `16`): adapter rank.
-        alpha (`int`, *optional*, defaults to `32`): LoRA scaling numerator.
-        dropout (`float`, *optional*, defaults to `0.05`): adapter dropout.
-        target_modules (`list[str]`, *optional*): attention and dense/shared-expert projections by
-            default; never ``all-linear`` (it would wrap the router gate, STACK.md pitfall 8).
-        target_parameters (`list[str]`, *optional*): 3D routed-expert weights to adapt through
-            peft's ``target_parameters`` (e.g. ``["experts.gate_up_proj", "experts.down_proj"]``);
-            needs ``dropout: 0.0``.
-    """
-
-    enabled: bool = False
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    )
-    target_parameters: Optional[list[str]] = None
-
-
-@dataclass
-class SFTStageConfig:
-    """Schema of ``recipes/stage/sft_broad.yaml`` and ``sft_hard.yaml`` (paper-scale defaults).
+class SFTStageConfig(TrainArgs):
+    """Schema of ``recipes/stage/sft_broad.yaml`` and ``sft_hard.yaml`` (paper-scale defaults): the
+    training fields of :class:`alignment.train.args.TrainArgs` plus these.
 
     Args:
         mixture (`MixtureSpec`): sources and target count (from the ``data`` group, e.g.
@@ -111,20 +87,8 @@ class SFTStageConfig:
         loss_impl (`str`, *optional*, defaults to `"auto"`): ``logits`` (full logits, then log-softmax),
             ``fused`` (chunked linear cross-entropy from the final hidden states; never builds the
             [tokens, vocab] logits) or ``auto`` (fused on CUDA, logits on CPU).
-        num_train_epochs (`float`, *optional*, defaults to `2.0`): passes over the mixture.
-        max_steps (`int`, *optional*, defaults to `-1`): stop after this many optimizer steps (>0).
-        per_device_train_batch_size (`int`, *optional*, defaults to `4`): rows per micro-batch.
-        gradient_accumulation_steps (`int`, *optional*, defaults to `8`): micro-batches per step.
-        learning_rate (`float`, *optional*, defaults to `1e-5`): peak learning rate.
-        lr_scheduler_type (`str`, *optional*, defaults to `"cosine"`): HF scheduler name.
-        warmup_steps (`float`, *optional*, defaults to `0.03`): warm-up steps (< 1: fraction).
-        weight_decay (`float`, *optional*, defaults to `0.0`): AdamW weight decay.
-        max_grad_norm (`float`, *optional*, defaults to `1.0`): gradient clipping.
-        bf16 (`bool`, *optional*, defaults to `True`): bf16 autocast on CUDA (always off on CPU).
-        gradient_checkpointing (`bool`, *optional*, defaults to `True`): recompute activations.
-        logging_steps (`int`, *optional*, defaults to `10`): log every n steps.
-        save_steps (`int`, *optional*, defaults to `500`): checkpoint every n steps.
-        save_total_limit (`int`, *optional*, defaults to `2`): checkpoints kept.
+        num_train_epochs, per_device_train_batch_size, gradient_accumulation_steps:
+            :class:`~alignment.train.args.TrainArgs` fields with SFT defaults (`2.0`, `4`, `8`).
         report_to (`str`, *optional*, defaults to `"none"`): ``none``, ``tensorboard`` or ``wandb``
             (the package must be installed; TensorBoard event files go to
             ``<stage>/checkpoints/runs/`` unless ``TENSORBOARD_LOGGING_DIR`` is set).
@@ -147,20 +111,10 @@ class SFTStageConfig:
     assistant_only_loss: bool = True
     loss_weighting: str = "sample"
     loss_impl: str = "auto"
+    # TrainArgs fields whose defaults differ for SFT
     num_train_epochs: float = 2.0
-    max_steps: int = -1
     per_device_train_batch_size: int = 4
     gradient_accumulation_steps: int = 8
-    learning_rate: float = 1e-5
-    lr_scheduler_type: str = "cosine"
-    warmup_steps: float = 0.03
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    bf16: bool = True
-    gradient_checkpointing: bool = True
-    logging_steps: int = 10
-    save_steps: int = 500
-    save_total_limit: int = 2
     report_to: str = "none"
     lora: LoraSpec = field(default_factory=LoraSpec)
     sft_args: dict[str, Any] = field(default_factory=dict)
@@ -234,14 +188,14 @@ def sft_loss(
         denom = num_items_in_batch if num_items_in_batch is not None else mask.sum()
         ce = nll.sum() / torch.as_tensor(denom, device=nll.device).clamp(min=1)
     aux = outputs.aux_loss if outputs.aux_loss is not None else ce.new_zeros(())
-    return ce + aux.to(ce.dtype), outputs, {"ce": ce.detach(), "aux": aux.detach(), "tokens": mask.sum()}
+    return add_aux_loss(ce, outputs.aux_loss), outputs, {"ce": ce.detach(), "aux": aux.detach(), "tokens": mask.sum()}
 
 
-class MoESFTTrainer(SFTTrainer):
+class MoESFTTrainer(MoEAuxLossMixin, SFTTrainer):
     """SFTTrainer whose loss is :func:`sft_loss` (per-sample weighting + the model's own MoE aux loss).
 
-    Overrides only public ``Trainer`` methods: ``compute_loss`` and ``log`` (to add CE, aux and
-    router-balance numbers to every log line).
+    Overrides only the public ``compute_loss``; the mixin's ``log`` adds the CE, aux and
+    router-balance means to every log line.
     """
 
     def __init__(self, *args, loss_weighting: str = "sample", fused_ce: bool = False, **kwargs):
@@ -255,7 +209,6 @@ class MoESFTTrainer(SFTTrainer):
             setattr(text_config, k, v)
         self.loss_weighting = loss_weighting
         self.fused_ce = fused_ce
-        self.moe_metrics: dict[str, list[float]] = defaultdict(list)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         head = self.accelerator.unwrap_model(model).get_output_embeddings().weight if self.fused_ce else None
@@ -277,18 +230,12 @@ class MoESFTTrainer(SFTTrainer):
             else:
                 loss = parts["ce"] + (loss - parts["ce"]) / steps
         if model.training:
-            self.moe_metrics["ce_loss"].append(float(parts["ce"]))
-            self.moe_metrics["aux_loss"].append(float(parts["aux"]))
-            self.moe_metrics["loss_tokens"].append(float(parts["tokens"]))
+            self.log_moe("ce_loss", parts["ce"], True)
+            self.log_moe(self.aux_log_key, parts["aux"], True)
+            self.log_moe("loss_tokens", parts["tokens"], True)
             for k, v in router_balance(outputs.router_stats or {}).items():
-                self.moe_metrics[k].append(v)
+                self.log_moe(k, v, True)
         return (loss, outputs) if return_outputs else loss
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs and self.moe_metrics:
-            logs.update({k: sum(v) / len(v) for k, v in self.moe_metrics.items()})
-            self.moe_metrics.clear()
-        super().log(logs, start_time)
 
 
 # --------------------------------------------------------------------------- stage
@@ -312,22 +259,6 @@ def _build_model(policy_path: str, cfg: SFTStageConfig, device: str):
     tokenizer = AutoTokenizer.from_pretrained(policy_path)
     model = AutoModelForCausalLM.from_pretrained(policy_path, dtype=torch.float32)
     return model.to(device), tokenizer
-
-
-def _peft_config(lora: LoraSpec):
-    if not lora.enabled:
-        return None
-    from peft import LoraConfig
-
-    kwargs = {}
-    if lora.target_parameters:
-        if lora.dropout != 0.0:
-            # peft's ParamWrapper (LoRA on 3D expert weights) has no dropout path.
-            raise ConfigError(f"lora.target_parameters needs lora.dropout: 0.0 (got {lora.dropout})")
-        kwargs["target_parameters"] = list(lora.target_parameters)
-    return LoraConfig(
-        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.target_modules), task_type="CAUSAL_LM", **kwargs
-    )
 
 
 def _resolve(path: Optional[str]):
@@ -406,29 +337,13 @@ def run(cfg: SFTStageConfig, ctx: StageContext) -> StageResult:
 
     train_ds = datasets.Dataset.from_list([{"messages": r["messages"]} for r in data.records])
     on_cuda = device.startswith("cuda")
-    sft_kwargs = dict(
-        output_dir=str(ctx.checkpoint_dir),
+    sft_kwargs = cfg.hf_kwargs(str(ctx.checkpoint_dir), device, ctx.seed)
+    sft_kwargs.update(
         max_length=cfg.max_length,
         packing=cfg.packing,
         assistant_only_loss=cfg.assistant_only_loss,
-        num_train_epochs=cfg.num_train_epochs,
-        max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.per_device_train_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        learning_rate=cfg.learning_rate,
-        lr_scheduler_type=cfg.lr_scheduler_type,
-        warmup_steps=cfg.warmup_steps,
-        weight_decay=cfg.weight_decay,
-        max_grad_norm=cfg.max_grad_norm,
-        bf16=cfg.bf16 and on_cuda and torch.cuda.is_bf16_supported(),
-        use_cpu=not on_cuda,
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        logging_steps=cfg.logging_steps,
         logging_first_step=True,
-        save_steps=cfg.save_steps,
-        save_total_limit=cfg.save_total_limit,
         report_to=[] if cfg.report_to == "none" else [cfg.report_to],
-        seed=ctx.seed,
         # The mixture is already shuffled by seed; TRL's shuffle would be a second, separate seed.
         shuffle_dataset=False,
     )
@@ -436,7 +351,7 @@ def run(cfg: SFTStageConfig, ctx: StageContext) -> StageResult:
     args = SFTConfig(**sft_kwargs)
     trainer = MoESFTTrainer(
         model=model, args=args, train_dataset=train_ds, processing_class=tokenizer,
-        peft_config=_peft_config(cfg.lora), loss_weighting=cfg.loss_weighting,
+        peft_config=cfg.lora.peft_config(), loss_weighting=cfg.loss_weighting,
         fused_ce=cfg.loss_impl == "fused" or (cfg.loss_impl == "auto" and on_cuda),
     )
     if (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled) and cfg.lora.enabled:
@@ -462,7 +377,8 @@ def run(cfg: SFTStageConfig, ctx: StageContext) -> StageResult:
         ctx.publish(tmp, "model")
 
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    router = [h for h in trainer.state.log_history if "router/load_max_over_mean" in h]
+    # the router numbers of the last logged window (the closing summary line may carry a partial one)
+    router = [h for h in trainer.state.log_history if "router/load_max_over_mean" in h and "loss" in h]
     metrics = {
         "train_loss": float(result.training_loss),
         "first_logged_loss": losses[0] if losses else math.nan,

@@ -48,7 +48,7 @@ def test_trainer_loss_is_shared_bt_plus_moe_aux(tiny_tokenizer, tmp_path):
         got = trainer.compute_loss(model, dict(batch))
     assert out.aux_loss.item() > 0  # the MoE layer really contributes a balance term
     assert got.item() == pytest.approx(want.item(), rel=1e-5)
-    assert trainer._metrics["train"]["aux_loss"] == [pytest.approx(out.aux_loss.item(), rel=1e-5)]
+    assert trainer.moe_logs["train"]["aux_loss"] == [pytest.approx(out.aux_loss.item(), rel=1e-5)]
 
 
 def test_rm_learns_echo_preference(trained_rm, echo_task):
@@ -95,7 +95,7 @@ def test_lora_phase_trains_adapters_and_head_then_merges(tiny_tokenizer, tmp_pat
 
     model = tiny_rm(tiny_tokenizer, seed=3)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    lora = LoraSpec(enabled=True, r=4, alpha=8, target_parameters=["experts.gate_up_proj", "experts.down_proj"])
+    lora = LoraSpec(enabled=True, r=4, alpha=8, dropout=0.0, target_parameters=["experts.gate_up_proj", "experts.down_proj"])
     phase = RewardPhase(sources=["echo"], max_steps=3, learning_rate=1e-2, per_device_train_batch_size=4)
     spec = TrainSpec(max_length=64, bf16=False, gradient_checkpointing=False, save_steps=100)
     merged, metrics = train_phase(model, tiny_tokenizer, echo_pairs(12), [], phase, spec, lora, tmp_path / "p", "cpu")

@@ -70,7 +70,7 @@ def test_offline_dpo_stage_trains_tiny_model_and_caches_reference(tmp_path, tiny
         "policy": InputArtifact("sft_hard", policy.parent, {"model": policy}, {}),
         "pairs": InputArtifact("synth", tmp_path, {"pairs": pairs}, {}),
     })
-    train = DPOTrainArgs(learning_rate=2e-3, warmup_steps=0, per_device_train_batch_size=3,
+    train = DPOTrainArgs(learning_rate=2e-3, warmup_ratio=0, per_device_train_batch_size=3,
                          gradient_accumulation_steps=1, max_length=64, logging_steps=1, num_train_epochs=1)
     res = dpo.run(DPOStageConfig(train=train), ctx)
 

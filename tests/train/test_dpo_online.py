@@ -66,7 +66,7 @@ def _cfg(prompt_file):
         n_samples=4,
         max_new_tokens=10,
         pairs=PairRule(min_gap=0.1),
-        train=DPOTrainArgs(learning_rate=1e-3, warmup_steps=0, per_device_train_batch_size=4,
+        train=DPOTrainArgs(learning_rate=1e-3, warmup_ratio=0, per_device_train_batch_size=4,
                            gradient_accumulation_steps=1, max_length=96, logging_steps=1, save_steps=1000),
         kl_samples=8,
     )

@@ -118,7 +118,7 @@ def test_sft_broad_then_sft_hard_train_and_publish(tmp_path, tiny_model, tiny_to
     tiny_tokenizer.save_pretrained(base)
     common = dict(
         max_length=96, per_device_train_batch_size=2, gradient_accumulation_steps=1, learning_rate=3e-3,
-        lr_scheduler_type="constant", warmup_steps=0, logging_steps=1, gradient_checkpointing=False, save_steps=3,
+        lr_scheduler_type="constant", warmup_ratio=0, logging_steps=1, gradient_checkpointing=False, save_steps=3,
     )
     # ---- stage 1: a small broad mix, repeated so the loss can drop within a few steps
     broad = MixtureSpec(name="sft_broad", target_count=24, replacement=True, sources=[
@@ -179,7 +179,7 @@ def test_lora_trains_adapters_only_and_merges(tiny_model, tiny_tokenizer, tmp_pa
                      per_device_train_batch_size=2, learning_rate=1e-2, use_cpu=True, bf16=False, gradient_checkpointing=False,
                      report_to=[], save_strategy="no")
     lora = sft.LoraSpec(enabled=True, r=4, dropout=0.0, target_parameters=["experts.gate_up_proj", "experts.down_proj"])
-    trainer = sft.MoESFTTrainer(model=tiny_model, args=args, train_dataset=ds, processing_class=tiny_tokenizer, peft_config=sft._peft_config(lora))
+    trainer = sft.MoESFTTrainer(model=tiny_model, args=args, train_dataset=ds, processing_class=tiny_tokenizer, peft_config=lora.peft_config())
     trainable = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     assert any("experts" in n for n in trainable)  # routed experts adapted through target_parameters
@@ -190,4 +190,4 @@ def test_lora_trains_adapters_only_and_merges(tiny_model, tiny_tokenizer, tmp_pa
     # TRL's own aux-loss switches were put back: the saved config is the loaded one.
     assert (merged.config.output_router_logits, merged.config.router_aux_loss_coef) == flags
     with pytest.raises(ValueError, match="dropout"):
-        sft._peft_config(sft.LoraSpec(enabled=True, target_parameters=["experts.down_proj"]))
+        sft.LoraSpec(enabled=True, target_parameters=["experts.down_proj"]).peft_config()

@@ -29,6 +29,9 @@ from alignment.artifacts import (
 _EVAL_KEY = re.compile(r"^(?P<stage>[A-Za-z0-9_]+)/(?P<metric>.+)$")
 
 
+MD_METRICS = 10  # metrics per stage row of report.md
+
+
 def _num(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
@@ -50,10 +53,15 @@ def _is_score(metric: str) -> bool:
     return last == "acc" or (last.startswith("pass@") and not last.endswith(("_lo", "_hi")))
 
 
+def _p(p: float) -> str:
+    return "p<0.001" if p < 0.001 else f"p={p:.3g}"
+
+
 def eval_table(metrics: dict, order: list[str]) -> list[str]:
-    """Markdown rows of the eval stage: per checkpoint and set, greedy accuracy with its 95% interval,
-    format compliance, and the paired change against the checkpoint before (McNemar p)."""
-    rows = []
+    """Markdown rows of the eval stage: per set (in the recipe's order) and checkpoint, greedy accuracy
+    with its 95% interval, sampled pass@k where measured, format compliance, and the paired change
+    against the checkpoint before (McNemar's exact p)."""
+    rows, sets = [], []
     for k, v in metrics.items():
         m = _EVAL_KEY.match(k)
         if not (m and m["stage"] in order and _num(v)):
@@ -61,20 +69,24 @@ def eval_table(metrics: dict, order: list[str]) -> list[str]:
         set_name, _, last = m["metric"].rpartition("/")
         if last not in ("acc", "pass@1"):
             continue
+        if set_name not in sets:
+            sets.append(set_name)
         base = f"{m['stage']}/{set_name}"
         lo, hi = metrics.get(f"{base}/{last}_lo"), metrics.get(f"{base}/{last}_hi")
         ci = f" [{lo:.3f}, {hi:.3f}]" if _num(lo) and _num(hi) else ""
         fmt = metrics.get(f"{base}/format")
         delta, p = metrics.get(f"{base}/delta"), metrics.get(f"{base}/p_mcnemar")
-        change = f"{delta:+.3f} (p={p:.3g})" if _num(delta) and _num(p) else "-"
-        rows.append((order.index(m["stage"]), m["stage"], set_name,
-                     f"{v:.3f}{ci}", f"{fmt:.3f}" if _num(fmt) else "-", str(metrics.get(f"{base}/n", "-")), change))
+        change = f"{delta:+.3f} ({_p(p)})" if _num(delta) and _num(p) else "-"
+        sampled = ", ".join(f"{key.rsplit('/', 1)[-1].removesuffix('_sampled')} {val:.3f}" for key, val in metrics.items()
+                            if key.startswith(f"{base}/pass@") and key.endswith("_sampled") and _num(val)) or "-"
+        rows.append((sets.index(set_name), order.index(m["stage"]), m["stage"], set_name, f"{v:.3f}{ci}", sampled,
+                     f"{fmt:.3f}" if _num(fmt) else "-", str(metrics.get(f"{base}/n", "-")), change))
     if not rows:
         return []
-    out = ["| checkpoint | set | greedy accuracy [95% CI] | format | n | change vs previous (McNemar) |",
-           "|---|---|---|---|---|---|"]
-    for _, *cells in sorted(rows, key=lambda r: (r[2], r[0])):
-        out.append("| " + " | ".join(cells) + " |")
+    out = ["| set | checkpoint | greedy accuracy [95% CI] | sampled pass@k | format | n | change vs previous (McNemar) |",
+           "|---|---|---|---|---|---|---|"]
+    for _, _, stage, set_name, *cells in sorted(rows, key=lambda r: (r[0], r[1])):
+        out.append("| " + " | ".join([set_name, stage, *cells]) + " |")
     return out
 
 
@@ -114,19 +126,30 @@ def _figures(stages: dict[str, dict], order: list[str]) -> list[tuple[str, bytes
 
     # eval metrics: accuracy of each stage's checkpoint on each held-out set
     evals: dict[str, dict[str, float]] = {}
+    bars: dict[str, dict[str, tuple[float, float]]] = {}  # 95% interval ends of the greedy scores
     for s in done:
-        for k, v in stages[s].get("metrics", {}).items():
+        ms = stages[s].get("metrics", {})
+        for k, v in ms.items():
             m = _EVAL_KEY.match(k)
             if m and _num(v) and m["stage"] in order and _is_score(m["metric"]):
                 evals.setdefault(m["metric"], {})[m["stage"]] = float(v)
+                lo, hi = ms.get(f"{k}_lo"), ms.get(f"{k}_hi")
+                if _num(lo) and _num(hi):
+                    bars.setdefault(m["metric"], {})[m["stage"]] = (float(v) - lo, hi - float(v))
     if evals:
-        fig, ax = plt.subplots(figsize=(7, 3.2))
+        fig, ax = plt.subplots(figsize=(9, 3.6))
         for metric, per_stage in sorted(evals.items()):
             xs = [s for s in order if s in per_stage]
-            ax.plot(xs, [per_stage[s] for s in xs], marker="o", label=metric)
-        ax.set_title("Held-out verified metrics after each stage")
-        ax.legend(fontsize=7)
+            ys = [per_stage[s] for s in xs]
+            err = bars.get(metric, {})
+            yerr = [[err.get(s, (0, 0))[0] for s in xs], [err.get(s, (0, 0))[1] for s in xs]] if err else None
+            ax.errorbar(xs, ys, yerr=yerr, marker="o", capsize=3, label=metric,
+                        linestyle="--" if metric.endswith("_sampled") else "-")
+        ax.set_title("Held-out verified metrics after each stage (bars: 95% Wilson interval; dashed: sampled pass@k)")
+        ax.title.set_fontsize(9)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         ax.tick_params(axis="x", rotation=30)
+        fig.tight_layout()
         figs.append(("eval_per_stage", fig))
 
     # training signals: one panel per question, one bar per stage that reports it (the first
@@ -224,8 +247,11 @@ def write_report(run_dir: str | Path, order: list[str], title: str = "", card: d
     rows_html = []
     for s in order:
         e = stages.get(s, {})
-        metrics = ", ".join(f"{k}={_fmt(v)}" for k, v in e.get("metrics", {}).items() if _num(v) or isinstance(v, str))
-        md.append(f"| {s} | {e.get('status', 'not run')} | {_fmt(e.get('wall_time_s', '-'))} | {metrics} |")
+        items = [f"{k}={_fmt(v)}" for k, v in e.get("metrics", {}).items() if _num(v) or isinstance(v, str)]
+        metrics = ", ".join(items)
+        # the markdown row shows the first few (headline first); report.json and the HTML hold them all
+        shown = ", ".join(items[:MD_METRICS]) + (f", ... ({len(items) - MD_METRICS} more in report.json)" if len(items) > MD_METRICS else "")
+        md.append(f"| {s} | {e.get('status', 'not run')} | {_fmt(e.get('wall_time_s', '-'))} | {shown} |")
         # HTML: the first metrics in view, all of them one click away
         head = ", ".join(metrics.split(", ")[:6])
         cell = html.escape(head) + (f"<details><summary>all metrics</summary>{html.escape(metrics)}</details>"

@@ -120,6 +120,37 @@ def test_builtin_sources_are_real_data():
     assert again.records == math.records
 
 
+@pytest.mark.parametrize("family", ["templates", "gsm_symbolic"])
+def test_task_family_sources_are_verified_worked_solutions(family):
+    from alignment.tasks.format import MATH_INSTRUCTION, split_final_answer
+    from alignment.tasks.problems import load_problems
+    from alignment.tasks.verify import record_pass_rate
+
+    recs = load_source(SourceSpec(name="t", path=f"builtin:task_{family}", size=120), seed=0).records
+    assert 100 <= len(recs) <= 120  # gsm drops the references with float noise
+    assert len({r["messages"][0]["content"] for r in recs}) == len(recs)  # each problem once
+    for r in recs:
+        user, answer = r["messages"][0]["content"], r["messages"][1]["content"]
+        assert user.startswith(MATH_INSTRUCTION + "\n\n")
+        assert split_final_answer(answer)[1] == r["task"]["answer"] and r["task"]["kind"] == "math"
+    # the record's own answer verifies, a wrong final answer does not: what sft_hard's pass rates use
+    assert record_pass_rate(recs[0], [recs[0]["messages"][1]["content"]]) == 1.0
+    assert record_pass_rate(recs[0], ["#### 123456789", recs[0]["messages"][1]["content"]]) == 0.5
+    assert record_pass_rate({"messages": recs[0]["messages"]}, ["x"]) is None  # no task: no verifier
+    # never an eval instance
+    fresh = {p.prompt for p in load_problems(family, "train_heldout", 200, seed=1234)}
+    assert not any(r["messages"][0]["content"].split("\n\n", 1)[1] in fresh for r in recs)
+
+
+def test_builtin_seed_override_draws_other_problems():
+    a = load_source(SourceSpec(name="t", path="builtin:task_templates", size=20), seed=0).records
+    b = load_source(SourceSpec(name="t", path="builtin:task_templates", size=20, seed=1), seed=0).records
+    c = load_source(SourceSpec(name="t", path="builtin:task_templates", size=20), seed=1).records
+    assert [r["id"] for r in b] == [r["id"] for r in c] and {r["id"] for r in a}.isdisjoint({r["id"] for r in b})
+    prompts = lambda rs: {r["messages"][0]["content"] for r in rs}  # noqa: E731
+    assert len(prompts(a) & prompts(b)) <= 2  # new draws (a small level-1 template may repeat one)
+
+
 def test_synthetic_math_answers_are_correct():
     import re
 

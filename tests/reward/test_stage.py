@@ -28,6 +28,7 @@ TINY = {
     "train": {"max_length": 64, "bf16": False, "gradient_checkpointing": False, "save_steps": 3,
               "logging_steps": 5},
     "eval_fraction": 0.25,
+    "onpolicy": {"sampler": {"backend": "native"}},  # the recipe's ${sampler} is the pipeline's group
 }
 
 
@@ -137,3 +138,57 @@ def test_empty_synth_pairs_skip_the_phase_or_fail_clearly(stage_ctx, caplog):
     assert result.metrics["finetune_skipped"] == 1 and result.metrics["pretrain_steps"] == 2
     assert "input 'synth' has no preference pairs" in caplog.text
     assert result.metrics["heldout_pairs"] == 1, "max_heldout_pairs caps the scored held-out set"
+
+
+class _AnswerSampler:
+    """Scripted policy (a stand-in for the model the stage would load): for each prompt, its first
+    ``right`` samples give the problem's answer and the rest a wrong one."""
+
+    def __init__(self, answers: dict[str, str], right: int):
+        self.answers, self.right, self.calls = answers, right, 0
+
+    def generate(self, prompts, n, params):
+        from types import SimpleNamespace
+
+        self.calls += 1
+        out = []
+        for p in prompts:
+            ans = self.answers[p[-1]["content"]]
+            texts = [f"step {j}\n#### {ans}" if j < self.right else f"step {j}\n#### {ans}1" for j in range(n)]
+            out.append([SimpleNamespace(text=t, token_ids=[1], logprob_sum=0.0, finish_reason="stop") for t in texts])
+        return out
+
+
+def test_onpolicy_pairs_are_the_policys_right_vs_wrong_answers(stage_ctx, monkeypatch):
+    import alignment.sampling
+    from alignment.tasks.format import user_message
+    from alignment.tasks.problems import ProblemSpec, training_problems
+    from reward.onpolicy import pair_verified
+
+    specs = [{"source": "templates", "n": 12, "seed": 2}]
+    answers = {user_message(p): p.answer for p in training_problems([ProblemSpec(**s) for s in specs])}
+    sampler = _AnswerSampler(answers, right=2)
+    monkeypatch.setattr(alignment.sampling, "build_sampler", lambda cfg, path, **kw: sampler)
+    onpolicy = {"enabled": True, "problems": specs, "n_samples": 5, "pairs_per_prompt": 2, "sampler": {"backend": "native"}}
+    fn, cfg = _cfg(onpolicy=onpolicy, pretrain={"sources": ["onpolicy", "synth"]})
+    ctx = stage_ctx()
+    m = fn(cfg, ctx).metrics
+    # 12 prompts x min(2 right, 3 wrong, 2) pairs, each the verifier's right answer over a wrong one
+    assert m["onpolicy_pairs"] == 24 and m["onpolicy_prompts_with_pairs"] == 12 and m["onpolicy_pass_rate"] == pytest.approx(0.4)
+    rows = [json.loads(l) for l in (ctx.stage_dir / "onpolicy.jsonl").read_text().splitlines()]
+    assert all(r["chosen"].endswith(f"#### {answers[r['prompt']]}") and not r["rejected"].endswith(f"#### {answers[r['prompt']]}")
+               for r in rows)
+    # held-out pairs are scored per source: the on-policy accuracy is what online DPO asks of the RM
+    assert m["heldout_pairs/onpolicy"] > 0 and 0.0 <= m["pairwise_acc/onpolicy"] <= 1.0
+    assert sum(v for k, v in m.items() if k.startswith("heldout_pairs/")) == m["heldout_pairs"]
+    # a rerun reuses the sampled pairs (no second sampling), and naming the source while it is off is an error
+    fn(_cfg(onpolicy=onpolicy, pretrain={"sources": ["onpolicy", "synth"]})[1], stage_ctx())
+    assert sampler.calls == 1
+    with pytest.raises(ValueError, match="onpolicy.enabled is false"):
+        fn(_cfg(pretrain={"sources": ["onpolicy"]})[1], stage_ctx())
+    # at most k pairs, distinct texts on each side
+    import random
+
+    got = pair_verified("p", [("a", True), ("a", True), ("b", True), ("x", False), ("y", False), ("z", False)], 5, random.Random(0))
+    assert len(got) == 2 and {r["chosen"] for r in got} == {"a", "b"} and len({r["rejected"] for r in got}) == 2
+    assert pair_verified("p", [("a", True), ("b", True)], 3, random.Random(0)) == []

@@ -22,8 +22,20 @@ def test_pass_at_k_needs_enough_samples():
 
 
 def test_training_splits_are_refused():
-    with pytest.raises(ValueError, match="held-out or test"):
+    with pytest.raises(ValueError, match="held-out or test.*split train_heldout"):
         load_eval_sets([EvalSetSpec("templates", "train", 3)])
+
+
+def test_math_set_samples_pass_at_k_when_asked():
+    # unseen instances of a trained family, with sampled pass@k; the held-out family stays greedy-only
+    specs = [EvalSetSpec("templates", "train_heldout", 5, num_samples=3), EvalSetSpec("templates", "heldout", 4)]
+    sets = load_eval_sets(specs)
+    assert [name for name, _ in sets] == ["templates_train_heldout", "templates_heldout"]
+    sampler = ScriptedSampler([p for _, ps in sets for p in ps], p_correct=1.0)
+    metrics, rows = evaluate_sampler(sampler, plain_render, sets, EvalConfig(sets=specs, num_samples=0, pass_k=[1, 3]))
+    assert metrics["templates_train_heldout/pass@3_sampled"] == 1.0 and metrics["templates_train_heldout/acc"] == 1.0
+    assert not any(k.startswith("templates_heldout/pass@") for k in metrics)
+    assert len(rows) == 5 + 5 * 3 + 4
 
 
 @pytest.mark.parametrize("p_correct, want", [(1.0, 1.0), (0.0, 0.0)])

@@ -78,3 +78,46 @@ def test_bad_inputs_raise_clearly():
         load_problems("templates", "train", None)
     with pytest.raises(ValueError, match="need an answer"):
         Problem(id="x", kind="math", prompt="?")
+
+
+@pytest.mark.parametrize("source", ["gsm_symbolic", "templates"])
+def test_train_heldout_instances_are_never_drawn_for_training(source):
+    from alignment.tasks.problems import instance_is_heldout
+
+    fresh = load_problems(source, "train_heldout", 150, seed=1234)
+    # many seeds and a large draw of training problems: none of them is an eval instance
+    train = [p for seed in (0, 1, 2) for p in load_problems(source, "train", 400, seed=seed)]
+    assert not {p.prompt for p in fresh} & {p.prompt for p in train}
+    assert {p.meta["template"] for p in fresh} <= {p.meta["template"] for p in train}  # the same families
+    assert len({p.prompt for p in fresh}) == len(fresh)  # each instance once
+    held_templates = {p.meta["template"] for p in load_problems(source, "heldout", 50, seed=0)}
+    assert not {p.meta["template"] for p in fresh} & held_templates
+    assert not any(instance_is_heldout(f"{p.meta['template']}:{p.prompt}") for p in train if p.meta["lang"] == "en")
+
+
+def test_an_instance_is_held_out_in_both_languages():
+    # the instance key is the template and its numbers, not the wording: with the language fixed the
+    # draws are the same, so en and zh give the same instances, and neither wording is ever trained on
+    en = load_problems("templates", "train_heldout", 60, seed=5, lang="en")
+    zh = load_problems("templates", "train_heldout", 60, seed=5, lang="zh")
+    assert [p.id for p in en] == [p.id for p in zh] and [p.answer for p in en] == [p.answer for p in zh]
+    assert all(a.prompt != b.prompt for a, b in zip(en, zh))
+    train_zh = {p.prompt for seed in (0, 1) for p in load_problems("templates", "train", 2000, seed=seed, lang="zh")}
+    assert not train_zh & {p.prompt for p in zh}
+
+
+def test_too_small_instance_space_is_named():
+    with pytest.raises(ValueError, match="templates/train_heldout: only .* distinct problems"):
+        load_problems("templates", "train_heldout", 500, seed=0, levels=(1,), lang="en")
+
+
+def test_training_problems_refuse_eval_splits():
+    from alignment.errors import ConfigError
+    from alignment.tasks.problems import ProblemSpec, training_problems
+
+    assert len(training_problems([ProblemSpec("templates", 3), {"source": "gsm_symbolic", "n": 2}])) == 5
+    for spec in (ProblemSpec("templates", 3, split="train_heldout"), ProblemSpec("asdiv", 3, split="test")):
+        with pytest.raises(ConfigError, match=r"prompts\[0\]: training uses train splits only"):
+            training_problems([spec], "prompts")
+    with pytest.raises(ConfigError, match="duplicate problem ids"):
+        training_problems([ProblemSpec("templates", 3), ProblemSpec("templates", 3)])

@@ -186,3 +186,57 @@ def test_prompt_items_from_rows_problems_and_strings(tmp_path):
         load_prompts(PromptsConfig(path=str(bad)), ctx)
     with pytest.raises(ValueError, match="give the stage an input named 'prompts'"):
         load_prompts(PromptsConfig(), ctx)
+
+
+def test_prompts_from_task_problems_in_the_task_format(tmp_path):
+    from alignment.errors import ConfigError
+    from alignment.tasks.problems import ProblemSpec
+
+    ctx = StageContext(name="dpo_r1", run_dir=tmp_path, stage_dir=tmp_path / "s", inputs={})
+    items = load_prompts(PromptsConfig(problems=[ProblemSpec("templates", 3, seed=3), ProblemSpec("gsm_symbolic", 2)]), ctx)
+    assert [it.kind for it in items] == ["math"] * 5 and all(it.problem.answer for it in items)
+    assert items[0].prompt == [{"role": "user", "content": task_message("math", items[0].problem.prompt)}]
+    with pytest.raises(ConfigError, match="either 'problems' or 'path'"):
+        load_prompts(PromptsConfig(problems=[ProblemSpec("templates", 3)], path="p.jsonl"), ctx)
+    with pytest.raises(ConfigError, match="train splits only"):  # eval instances are never trained on
+        load_prompts(PromptsConfig(problems=[ProblemSpec("templates", 3, split="train_heldout")]), ctx)
+
+
+class _ProbeSampler:
+    """Scripted policy for the frontier probe: prompt i answers right in ``rights[i]`` of its samples."""
+
+    def __init__(self, rights):
+        self.rights, self.calls = rights, []
+
+    def generate(self, prompts, n, params):
+        self.calls.append((len(prompts), n))
+        out = []
+        for p in prompts:
+            k = self.rights[p[-1]["content"]]
+            out.append([SimpleNamespace(text="right" if j < k else "wrong", token_ids=[1], logprob_sum=0.0,
+                                        finish_reason="stop") for j in range(n)])
+        return out
+
+
+def test_frontier_probe_keeps_prompts_the_policy_solves_sometimes():
+    from alignment.train.online_dpo import FrontierSpec, PromptItem, select_frontier
+
+    def item(name, known=True):
+        problem = SimpleNamespace(answer="x") if known else None
+        return PromptItem(id=name, prompt=[{"role": "user", "content": name}], kind="math" if known else None, problem=problem)
+
+    items = [item("never"), item("once"), item("half"), item("always"), item("chat", known=False), item("thrice")]
+    sampler = _ProbeSampler({"never": 0, "once": 1, "half": 2, "always": 4, "thrice": 3})
+    verify = lambda it, text: text == "right"  # noqa: E731
+    kept, m = select_frontier(sampler, items, FrontierSpec(enabled=True, probe_samples=4), SimpleNamespace(), verify)
+    # 0/4 and 4/4 give no verifier pair; the free prompt has no verifier and stays (the RM judges it)
+    assert [it.id for it in kept] == ["once", "half", "chat", "thrice"]
+    assert sampler.calls == [(5, 4)]  # only the prompts with a verifier are probed
+    assert m["frontier_pool"] == 6 and m["frontier_kept"] == 4
+    assert m["frontier_all_solved"] == 1 and m["frontier_none_solved"] == 1
+    assert m["frontier_probe_pass_rate"] == pytest.approx((0 + 1 + 2 + 4 + 3) / 20)
+    kept, _ = select_frontier(sampler, items, FrontierSpec(enabled=True, probe_samples=4, min_pass=0.5, prompts=2),
+                              SimpleNamespace(), verify)
+    assert [it.id for it in kept] == ["half", "chat"]  # pass rate >= 0.5, at most 2, pool order
+    with pytest.raises(ValueError, match="min_pass <= max_pass"):
+        select_frontier(sampler, items, FrontierSpec(min_pass=0.9, max_pass=0.1), SimpleNamespace(), verify)

@@ -1,15 +1,21 @@
-"""Batches of varying length through the model: FlexAttention shape buckets on vs off.
+"""Batches of varying width through the model vs one fixed width, same tokens: what a new shape costs.
 
-    python bench/attention_shapes.py                  # on a GPU: small preset, bf16, 48 batches
-    python bench/attention_shapes.py --batches 8      # CPU (tiny preset, forward only): a smoke run
+    python bench/attention_shapes.py                  # on a GPU: small preset, bf16, 32 batches
+    python bench/attention_shapes.py --batches 6      # CPU (tiny preset, forward only): a smoke run
 
 What it models: the reward model's scoring and training, DPO's reference log-probs and steps and the
-eval's prefills feed the model right-padded batches whose width changes every batch. Each new width
-costs FlexAttention a BlockMask and, compiled, a recompile (past dynamo's recompile limit, the eager
-fallback). ``alignment.kernels.attention.SEQ_BUCKET`` pads a full-sequence call to a multiple of 128
-so a run meets a handful of shapes. Both settings run here, in this process, on the same batch
-widths (dynamo reset between them): forward-only (scoring) and forward+backward (training) tokens/s,
-the ratio, and dynamo's recompile count.
+eval's prefills feed the model right-padded batches whose width changes every batch, while SFT packs
+fixed-width blocks. Both run here, in this process: the same number of batches and tokens, once with
+every batch at its own width and once with every batch at the mean width; forward-only (scoring) and
+forward+backward (training) tokens/s, and the ratio (the price of varying shapes).
+
+Measured on one H200 (2026-12-01, small preset, bf16, batch 16, 32 widths in 137-712): forward over
+varying widths 19,620 tokens/s, against ~130,000 tokens/s of forward+backward at a fixed 2,048 width
+(bench/model.py, GPU.md): varying widths cost an order of magnitude. Padding each FlexAttention call
+to a multiple of 128 (fewer distinct attention shapes) made it slower (17,552 tokens/s, 0.89x) and was
+dropped: the per-shape cost is elsewhere (candidates: BlockMask construction per width, compiled
+graphs or Triton specializations keyed on the token count). Next: this script's fixed-width row, then
+a profile of one new width.
 Not a test: prints a table; numbers depend on the machine (name it when you report them).
 """
 
@@ -22,16 +28,12 @@ import time
 import torch
 
 import alignment  # noqa: F401
-import alignment.kernels.attention as attn
 from alignment.model import YiLightningForCausalLM, load_preset
 
 
-def run(model, widths: list[int], batch: int, vocab: int, device: str, train: bool) -> tuple[float, int]:
-    """Tokens/s over ``widths`` (one batch each; the first is warm-up) and the recompiles it caused."""
-    from torch._dynamo.utils import counters
-
+def run(model, widths: list[int], batch: int, vocab: int, device: str, train: bool) -> float:
+    """Tokens/s over ``widths`` (one batch each; the first is warm-up)."""
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    before = sum(counters["recompiles"].values()) if "recompiles" in counters else 0
     tokens, t0 = 0, None
     for i, w in enumerate(widths):
         x = torch.randint(0, vocab, (batch, w), device=device)
@@ -49,14 +51,13 @@ def run(model, widths: list[int], batch: int, vocab: int, device: str, train: bo
         if i >= 1:
             tokens += batch * w
     sync()
-    after = sum(counters["recompiles"].values()) if "recompiles" in counters else 0
-    return tokens / (time.perf_counter() - t0), after - before
+    return tokens / (time.perf_counter() - t0)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default=None, help="model preset (default: small on a GPU, tiny on CPU)")
-    ap.add_argument("--batches", type=int, default=48)
+    ap.add_argument("--batches", type=int, default=32)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--min-len", type=int, default=96)
     ap.add_argument("--max-len", type=int, default=720)
@@ -66,24 +67,21 @@ def main() -> None:
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     rng = random.Random(0)
     widths = [rng.randint(args.min_len, args.max_len) for _ in range(args.batches)]
+    fixed = [round(sum(widths) / len(widths))] * len(widths)
     torch.manual_seed(0)
     cfg = load_preset(preset, impl="auto", max_position_embeddings=max(2048, args.max_len))
     model = YiLightningForCausalLM(cfg).to(device=device, dtype=dtype)
     modes = [("forward (scoring)", False)] + ([("forward+backward (training)", True)] if device == "cuda" else [])
     print(f"{device} {torch.cuda.get_device_name() if device == 'cuda' else ''} preset={preset} batch={args.batch} "
-          f"{len(widths)} batches, widths {min(widths)}-{max(widths)} ({len(set(widths))} distinct)")
-    print(f"{'mode':30s} {'bucket':>6s} {'tokens/s':>12s} {'recompiles':>10s}")
+          f"{len(widths)} batches, widths {min(widths)}-{max(widths)} ({len(set(widths))} distinct), fixed {fixed[0]}")
+    print(f"{'mode':30s} {'widths':>8s} {'tokens/s':>12s}")
     for name, train in modes:
         model.train(train)
-        res = {}
-        for bucket in (0, 128):  # the baseline first: a warm compile cache would only help it
-            torch._dynamo.reset()
-            attn._mask_cache.clear()
-            attn.SEQ_BUCKET = bucket
-            res[bucket] = run(model, widths, args.batch, cfg.vocab_size, device, train)
-            print(f"{name:30s} {bucket:6d} {res[bucket][0]:12,.0f} {res[bucket][1]:10d}")
-        print(f"{name:30s} bucket 128 / off: {res[128][0] / res[0][0]:.2f}x")
-    attn.SEQ_BUCKET = 128
+        fix = run(model, fixed, args.batch, cfg.vocab_size, device, train)  # the baseline: one shape
+        var = run(model, widths, args.batch, cfg.vocab_size, device, train)
+        print(f"{name:30s} {'fixed':>8s} {fix:12,.0f}")
+        print(f"{name:30s} {'varying':>8s} {var:12,.0f}")
+        print(f"{name:30s} varying / fixed: {var / fix:.2f}x")
 
 
 if __name__ == "__main__":

@@ -21,14 +21,6 @@ Short query chunks (S < ``FLEX_MIN_QUERIES``: decode steps, small prefill chunks
 reference instead: their dense mask is at most [B, 1, 127, L], and each new cache length L would
 otherwise cost a new BlockMask (and, until the compile turns dynamic, a Flex recompile).
 
-Shape buckets: a full-sequence call (S == L: training, scoring, prefill) runs Flex on the sequence
-padded up to a multiple of ``SEQ_BUCKET`` (128, one Flex block) and returns the first S rows; the
-padded keys sit after every real query, so the causal mask hides them, and the mask looks up
-``seq_ids`` clamped to the real length. Batches of varying length (reward-model pairs, DPO pairs,
-eval prefills) then meet a handful of shapes instead of one per batch: every new shape costs a
-BlockMask and, for the compiled Flex, a recompile (and past dynamo's recompile limit, the eager
-fallback). ``SEQ_BUCKET = 0`` turns it off (bench/attention_shapes.py measures both).
-
 Tuning: FlexAttention's own block sizes (128x128 by default on H100) are left as they are;
 ``FLEX_MIN_QUERIES`` = 128 is one Flex query block (re-measure with bench/attention.py).
 Tests: ``python -m pytest -q tests/kernels/test_attention.py``.
@@ -44,7 +36,6 @@ from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 from alignment.kernels import reference
 
 FLEX_MIN_QUERIES = 128
-SEQ_BUCKET = 128
 _MASK_CACHE_SIZE = 8
 _mask_cache: OrderedDict = OrderedDict()
 _compiled_flex = None
@@ -57,20 +48,14 @@ def _flex():
     return _compiled_flex
 
 
-def _block_mask(B: int, S: int, L: int, sliding_window: int | None, seq_ids_BS: torch.Tensor | None, device,
-                padded: int | None = None):
-    """The BlockMask of S queries over L keys; with ``padded``, of ``padded`` queries and keys (S == L,
-    the padded tail after every real query), seq_ids looked up at positions clamped to the real L."""
-    key = (B, S, L, padded, sliding_window, str(device),
+def _block_mask(B: int, S: int, L: int, sliding_window: int | None, seq_ids_BS: torch.Tensor | None, device):
+    key = (B, S, L, sliding_window, str(device),
            None if seq_ids_BS is None else (seq_ids_BS.data_ptr(), seq_ids_BS._version, tuple(seq_ids_BS.shape)))
     hit = _mask_cache.get(key)
     if hit is not None:
         _mask_cache.move_to_end(key)
         return hit[0]
     offset = L - S
-    # the clamp bound as a tensor, not a Python int: a compiled Flex guards on captured ints, so each new
-    # length would recompile; a captured tensor is an input
-    last = torch.tensor(L - 1, device=device)
 
     def mask_mod(b, h, q_idx, kv_idx):
         q_pos = q_idx + offset
@@ -80,12 +65,11 @@ def _block_mask(B: int, S: int, L: int, sliding_window: int | None, seq_ids_BS: 
         if seq_ids_BS is not None:
             # FlexAttention also evaluates positions past the end (padding to its 128 block): clamp so
             # those lookups stay inside seq_ids (their scores are masked out anyway).
-            qi, ki = torch.minimum(q_pos, last), torch.minimum(kv_idx, last)
+            qi, ki = q_pos.clamp(max=L - 1), kv_idx.clamp(max=L - 1)
             keep = keep & (seq_ids_BS[b, qi] == seq_ids_BS[b, ki])
         return keep
 
-    Sm, Lm = (padded, padded) if padded else (S, L)
-    bm = create_block_mask(mask_mod, B if seq_ids_BS is not None else None, None, Sm, Lm, device=device)
+    bm = create_block_mask(mask_mod, B if seq_ids_BS is not None else None, None, S, L, device=device)
     _mask_cache[key] = (bm, seq_ids_BS)  # keep seq_ids alive: its data_ptr stays unique while cached
     if len(_mask_cache) > _MASK_CACHE_SIZE:
         _mask_cache.popitem(last=False)
@@ -111,12 +95,6 @@ def hybrid_attention(q_BHSD, k_BHKD, v_BHKD, *, sliding_window=None, seq_ids_BS=
     )
     if (S < FLEX_MIN_QUERIES and q_BHSD.is_cuda) or cpu_grad:
         return reference.hybrid_attention(q_BHSD, k_BHKD, v_BHKD, sliding_window=sliding_window, seq_ids_BS=seq_ids_BS)
-    fn = _flex() if q_BHSD.is_cuda else flex_attention
-    P = -(-S // SEQ_BUCKET) * SEQ_BUCKET if SEQ_BUCKET else S
-    if S == L and P != S:
-        bm = _block_mask(B, S, L, sliding_window, seq_ids_BS, q_BHSD.device, padded=P)
-        pad = (0, 0, 0, P - S)
-        q, k, v = (torch.nn.functional.pad(t, pad) for t in (q_BHSD, k_BHKD, v_BHKD))
-        return fn(q, k, v, block_mask=bm, enable_gqa=Kh != H)[:, :, :S]
     bm = _block_mask(B, S, L, sliding_window, seq_ids_BS, q_BHSD.device)
+    fn = _flex() if q_BHSD.is_cuda else flex_attention
     return fn(q_BHSD, k_BHKD, v_BHKD, block_mask=bm, enable_gqa=Kh != H)

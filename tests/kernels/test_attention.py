@@ -69,24 +69,3 @@ def test_mask_cache_sees_in_place_edit(device):
     b = hybrid_attention(q, k, v, seq_ids_BS=ids, impl="triton")
     ref = reference.hybrid_attention(q.cpu(), k.cpu(), v.cpu(), sliding_window=None, seq_ids_BS=ids.cpu())
     assert rel_err(b, ref) < 2e-3 and rel_err(a, ref) > 1e-1
-
-
-@pytest.mark.parametrize("window, packed", [(None, False), (24, False), (None, True), (24, True)])
-def test_shape_buckets_change_shapes_not_results(window, packed, monkeypatch):
-    # a full-sequence call runs Flex on the sequence padded to a multiple of SEQ_BUCKET: the padded keys
-    # come after every real query (causal), so the first S rows must equal the unpadded call's
-    import alignment.kernels.attention as attn
-
-    gen = torch.Generator().manual_seed(7)
-    B, H, Kh, S = 2, 4, 2, 77
-    q = torch.randn(B, H, S, 16, generator=gen)
-    k, v = torch.randn(B, Kh, S, 16, generator=gen), torch.randn(B, Kh, S, 16, generator=gen)
-    ids = seq_ids(B, S, gen) if packed else None
-    with torch.no_grad():
-        bucketed = hybrid_attention(q, k, v, sliding_window=window, seq_ids_BS=ids, impl="triton")
-        assert any(key[3] == 128 for key in attn._mask_cache)  # the mask was built at the bucket's size
-        monkeypatch.setattr(attn, "SEQ_BUCKET", 0)
-        exact = hybrid_attention(q, k, v, sliding_window=window, seq_ids_BS=ids, impl="triton")
-    ref = reference.hybrid_attention(q, k, v, sliding_window=window, seq_ids_BS=ids)
-    assert bucketed.shape == exact.shape == (B, H, S, 16)
-    assert rel_err(bucketed, exact) < 1e-5 and rel_err(bucketed, ref) < 1e-5

@@ -58,6 +58,9 @@ class EvalSetSpec:
         name (`str`, *optional*): metric prefix; defaults to ``<source>_<split>``.
         num_samples (`int | None`, *optional*): samples per problem for pass@k; None = the stage's
             ``num_samples`` for code sets and 0 (greedy only) for math sets.
+        max_new_tokens (`int | None`, *optional*): response length for this set; None = the stage's. A
+            decode batch runs until its longest row stops, so a set of short answers (our templates)
+            need not pay for the longest set's budget.
     """
 
     source: str = MISSING
@@ -66,6 +69,7 @@ class EvalSetSpec:
     seed: int = 1234
     name: str = ""
     num_samples: int | None = None
+    max_new_tokens: int | None = None
 
 
 @dataclass
@@ -157,11 +161,13 @@ def evaluate_sampler(sampler, render, sets: list[tuple[str, list[Problem]]], cfg
     for name, problems in tqdm(sets, desc=f"eval {prefix or 'policy'}", unit="set"):
         if not problems:
             continue
-        n_samples = set_samples(specs.get(name), problems[0].kind, cfg)
+        spec = specs.get(name)
+        n_samples = set_samples(spec, problems[0].kind, cfg)
+        max_new = spec.max_new_tokens if spec is not None and spec.max_new_tokens is not None else cfg.max_new_tokens
         key = f"{prefix}/{name}" if prefix else name
         prompts = [render(p) for p in problems]
         with timed("sample_s"):
-            greedy = sampler.generate(prompts, 1, SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=0.0, seed=cfg.seed))
+            greedy = sampler.generate(prompts, 1, SamplingParams(max_new_tokens=max_new, temperature=0.0, seed=cfg.seed))
         texts = [g[0].text for g in greedy]
         with timed("verify_s"):
             verdicts = _verify_all(problems, texts, verifiers, cfg.verify_workers)
@@ -178,7 +184,7 @@ def evaluate_sampler(sampler, render, sets: list[tuple[str, list[Problem]]], cfg
         for p, t, v in zip(problems, texts, verdicts):
             rows.append({"model": prefix, "set": name, "problem_id": p.id, "mode": "greedy", "response": t, **v.to_dict()})
         if n_samples > 0:
-            params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed)
+            params = SamplingParams(max_new_tokens=max_new, temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed)
             with timed("sample_s"):
                 samples = sampler.generate(prompts, n_samples, params)
             flat_p = [p for p, s in zip(problems, samples) for _ in s]

@@ -38,6 +38,21 @@ def test_math_set_samples_pass_at_k_when_asked():
     assert len(rows) == 5 + 5 * 3 + 4
 
 
+def test_a_set_can_have_its_own_response_budget():
+    class Recorder(ScriptedSampler):
+        budgets: list = []
+
+        def generate(self, prompts, n, params):
+            self.budgets.append(params.max_new_tokens)
+            return super().generate(prompts, n, params)
+
+    specs = [EvalSetSpec("templates", "heldout", 2, max_new_tokens=24), EvalSetSpec("humaneval", "test", 1)]
+    sets = load_eval_sets(specs)
+    sampler = Recorder([p for _, ps in sets for p in ps], p_correct=1.0)
+    evaluate_sampler(sampler, plain_render, sets, EvalConfig(sets=specs, max_new_tokens=200, num_samples=1, pass_k=[1]))
+    assert sampler.budgets == [24, 200, 200]  # templates greedy; humaneval greedy + sampled at the stage's budget
+
+
 @pytest.mark.parametrize("p_correct, want", [(1.0, 1.0), (0.0, 0.0)])
 def test_heldout_accuracy_with_scripted_policy(p_correct, want):
     sets = load_eval_sets([EvalSetSpec("templates", "heldout", 6), EvalSetSpec("humaneval", "test", 2)])

@@ -42,7 +42,7 @@ def _fmt(v) -> str:
 
 def _headline(key: str) -> bool:
     # counts and secondary estimates stay in the manifest and the report, not the one-line summary
-    return not (key.endswith(("/n", "/infra_faults", "_sampled", "_lo", "_hi", "/p_mcnemar", "/format"))
+    return not (key.endswith(("/n", "/infra_faults", "_sampled", "_lo", "_hi", "p_mcnemar", "/format", "/format_delta"))
                 or is_timing_key(key))
 
 
@@ -77,13 +77,17 @@ def eval_table(metrics: dict, order: list[str]) -> list[str]:
         fmt = metrics.get(f"{base}/format")
         delta, p = metrics.get(f"{base}/delta"), metrics.get(f"{base}/p_mcnemar")
         change = f"{delta:+.3f} ({_p(p)})" if _num(delta) and _num(p) else "-"
+        fdelta, fp = metrics.get(f"{base}/format_delta"), metrics.get(f"{base}/format_p_mcnemar")
+        fmt_cell = f"{fmt:.3f}" if _num(fmt) else "-"
+        if _num(fmt) and _num(fdelta) and _num(fp) and fdelta != 0:
+            fmt_cell += f" ({fdelta:+.3f}, {_p(fp)})"
         sampled = ", ".join(f"{key.rsplit('/', 1)[-1].removesuffix('_sampled')} {val:.3f}" for key, val in metrics.items()
                             if key.startswith(f"{base}/pass@") and key.endswith("_sampled") and _num(val)) or "-"
         rows.append((sets.index(set_name), order.index(m["stage"]), m["stage"], set_name, f"{v:.3f}{ci}", sampled,
-                     f"{fmt:.3f}" if _num(fmt) else "-", str(metrics.get(f"{base}/n", "-")), change))
+                     fmt_cell, str(metrics.get(f"{base}/n", "-")), change))
     if not rows:
         return []
-    out = ["| set | checkpoint | greedy accuracy [95% CI] | sampled pass@k | format | n | change vs previous (McNemar) |",
+    out = ["| set | checkpoint | greedy accuracy [95% CI] | sampled pass@k | format (change, McNemar) | n | change vs previous (McNemar) |",
            "|---|---|---|---|---|---|---|"]
     for _, _, stage, set_name, *cells in sorted(rows, key=lambda r: (r[0], r[1])):
         out.append("| " + " | ".join([set_name, stage, *cells]) + " |")

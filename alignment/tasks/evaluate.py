@@ -222,21 +222,23 @@ def _in_pipeline_order(ctx: StageContext) -> list[str]:
 def paired_comparisons(rows: list[dict], names: list[str]) -> dict[str, Any]:
     """Each checkpoint against the one before it in ``names``, per set, on the greedy verdicts of the
     problems both could be judged on: ``<name>/<set>/delta`` (accuracy gained, in [-1, 1]) and
-    ``<name>/<set>/p_mcnemar`` (McNemar's exact two-sided p-value; the stages' claim to a gain)."""
-    passed: dict[tuple[str, str], dict[str, bool]] = {}
+    ``<name>/<set>/p_mcnemar`` (McNemar's exact two-sided p-value; the stages' claim to a gain), and the
+    same for format compliance (``format_delta``, ``format_p_mcnemar``: what a small model moves first)."""
+    verdicts: dict[tuple[str, str], dict[str, tuple[bool, bool]]] = {}
     for r in rows:
         if r["mode"] == "greedy" and r["error_kind"] is None:
-            passed.setdefault((r["model"], r["set"]), {})[r["problem_id"]] = bool(r["passed"])
+            verdicts.setdefault((r["model"], r["set"]), {})[r["problem_id"]] = (bool(r["passed"]), bool(r.get("formatted", True)))
     out: dict[str, Any] = {}
     for prev, cur in zip(names, names[1:]):
-        for (model, set_name), after in passed.items():
-            if model != cur or (prev, set_name) not in passed:
+        for (model, set_name), after in verdicts.items():
+            if model != cur or (prev, set_name) not in verdicts:
                 continue
-            before = passed[(prev, set_name)]
+            before = verdicts[(prev, set_name)]
             ids = sorted(set(before) & set(after))
-            res = mcnemar([before[i] for i in ids], [after[i] for i in ids])
-            out[f"{cur}/{set_name}/delta"] = round(res.delta, 6)
-            out[f"{cur}/{set_name}/p_mcnemar"] = round(res.p_value, 6)
+            for col, prefix in ((0, ""), (1, "format_")):
+                res = mcnemar([before[i][col] for i in ids], [after[i][col] for i in ids])
+                out[f"{cur}/{set_name}/{prefix}delta"] = round(res.delta, 6)
+                out[f"{cur}/{set_name}/{prefix}p_mcnemar"] = round(res.p_value, 6)
     return out
 
 

@@ -112,6 +112,18 @@ def test_paired_comparisons_follow_input_order():
     assert out["sft/s/delta"] == pytest.approx(0.6) and out["sft/s/p_mcnemar"] < 1e-3
     assert out["dpo/s/delta"] == 0.0 and out["dpo/s/p_mcnemar"] == 1.0
     assert "base/s/delta" not in out
+    assert out["sft/s/format_delta"] == 0.0  # rows without a format flag count as formatted
+
+
+def test_format_compliance_gets_its_own_paired_test():
+    # what the tiny demo shows: no answer right before or after, but sft teaches the answer line
+    def rows(model, formatted):
+        return [{"model": model, "set": "s", "problem_id": i, "mode": "greedy", "passed": False, "formatted": f,
+                 "error_kind": None} for i, f in enumerate(formatted)]
+
+    out = paired_comparisons(rows("base", [False] * 32) + rows("sft", [True] * 17 + [False] * 15), ["base", "sft"])
+    assert out["sft/s/delta"] == 0.0 and out["sft/s/p_mcnemar"] == 1.0
+    assert out["sft/s/format_delta"] == pytest.approx(17 / 32) and out["sft/s/format_p_mcnemar"] == pytest.approx(2 / 2**17, abs=1e-6)  # exact: 2 x 0.5^17
 
 
 def test_checkpoints_are_compared_in_pipeline_order(tmp_path):

@@ -9,13 +9,12 @@ fixed-width blocks. Both run here, in this process: the same number of batches a
 every batch at its own width and once with every batch at the mean width; forward-only (scoring) and
 forward+backward (training) tokens/s, and the ratio (the price of varying shapes).
 
-Measured on one H200 (2026-12-01, small preset, bf16, batch 16, 32 widths in 137-712): forward over
-varying widths 19,620 tokens/s, against ~130,000 tokens/s of forward+backward at a fixed 2,048 width
-(bench/model.py, GPU.md): varying widths cost an order of magnitude. Padding each FlexAttention call
-to a multiple of 128 (fewer distinct attention shapes) made it slower (17,552 tokens/s, 0.89x) and was
-dropped: the per-shape cost is elsewhere (candidates: BlockMask construction per width, compiled
-graphs or Triton specializations keyed on the token count). Next: this script's fixed-width row, then
-a profile of one new width.
+Measured on one H200 (2026-12-01, small preset, bf16, batch 16, 32 widths in 137-712, before the
+fixed-width row existed): forward over varying widths 19,620 tokens/s and forward+backward 10,008,
+where bench/model.py's fixed B 8 x T 2,048 forward+backward gives ~130,000 (GPU.md): other batch and
+width, so not yet a measure of what varying costs; the fixed-width row here is. Padding each
+FlexAttention call to a multiple of 128 (fewer distinct attention shapes) made the varying forward
+slower (17,552 tokens/s, 0.89x) and was dropped.
 Not a test: prints a table; numbers depend on the machine (name it when you report them).
 """
 

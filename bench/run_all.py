@@ -51,6 +51,8 @@ BENCHES = [
     Bench("moe", "fused Triton MoE experts vs loop / HF eager / grouped_mm / dense ceiling", gpu=True),
     Bench("linear_ce", "fused chunked linear + cross-entropy vs PyTorch (time, peak memory)", gpu=True),
     Bench("attention", "FlexAttention hybrid (sliding window, packing) vs SDPA with a dense mask", gpu=True),
+    Bench("train_step", "training step by category (MoE, attention, GEMMs, routing, optimizer, idle), ours vs Qwen3-MoE",
+          ["--steps", "2"]),
     Bench("attention_shapes", "batches of varying width vs one fixed width, same tokens: the price of new shapes",
           ["--batches", "6", "--batch", "2", "--max-len", "200"]),
 ]

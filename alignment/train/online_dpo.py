@@ -63,6 +63,7 @@ from tqdm.auto import tqdm
 
 from alignment.artifacts import atomic_replace_dir, atomic_write_json, atomic_write_jsonl, drop_timings, read_jsonl
 from alignment.errors import ConfigError, DataError, MissingFileError
+from alignment.paths import DATA_CARDS_DIR
 from alignment.safety import GuardConfig, GuardedSampler, SafetyConfig, SafetyFilter
 from alignment.sampling import Prompt, Sample, Sampler, SamplerConfig, SamplingParams
 from alignment.sampling.text import encode_prompts
@@ -448,6 +449,8 @@ def post_round_dpo_metrics(ref_logps: torch.Tensor, policy_logps: torch.Tensor, 
 
 # --------------------------------------------------------------------------- rounds
 
+PAIRS_CARD_TEMPLATE = DATA_CARDS_DIR / "dpo_online_pairs.md"
+
 HEADLINE = ("pairs", "rm_score_mean", "rm_score_max", "verifier_pass_rate", "dpo_post_reward_accuracy",
             "dpo_post_reward_margin", "kl_ref_k3", "round_s")
 
@@ -615,48 +618,30 @@ def run_rounds(
 
 def write_pairs_card(ctx: StageContext, cfg: OnlineDPOConfig, per_round: Sequence[dict], seed: int) -> Path:
     """The data card of ``pairs.jsonl`` (template: data_cards/dpo_online_pairs.md)."""
-    from alignment.artifacts import atomic_write_text, file_hash, git_commit
-    from alignment.data.cards import render_card
+    from alignment.data.cards import card_template, write_card
 
-    pairs_path = ctx.stage_dir / "pairs.jsonl"
-    header = {
-        "name": f"{ctx.name}_pairs",
-        "kind": "dataset",
-        "description": f"Online DPO preference pairs written by stage {ctx.name}: best vs worst of "
-                       f"{cfg.n_samples} samples per prompt, ranked by the reward model and verifiers.",
-        "sources": [{"name": f"round{m['round']}", "count": int(m["pairs"])} for m in per_round],
-        "fields": ["prompt", "chosen", "rejected", "id", "round", "why", "margin", "chosen_reward", "rejected_reward",
-                   "chosen_passed", "rejected_passed", "chosen_index", "rejected_index"],
-        "license": "model outputs of the run's own policy; prompts keep their source's license (see body)",
-        "seed": seed,
-        "hashes": {"pairs.jsonl": file_hash(pairs_path)},
-        "records": sum(int(m["pairs"]) for m in per_round),
-        "stage": ctx.name,
-    }
+    header, body = card_template(PAIRS_CARD_TEMPLATE)
+    header.update(
+        name=f"{ctx.name}_pairs",
+        description=f"Online DPO preference pairs written by stage {ctx.name}: best vs worst of "
+                    f"{cfg.n_samples} samples per prompt, ranked by the reward model and verifiers.",
+        sources=[{"name": f"round{m['round']}", "count": int(m["pairs"])} for m in per_round],
+        records=sum(int(m["pairs"]) for m in per_round),
+        stage=ctx.name,
+    )
     keys = ("prompts", "samples", "pairs", "dropped_tie", "dropped_small_gap", "dropped_all_failed",
             "rm_score_mean", "verifier_pass_rate", "pair_margin_mean")
-    summary = json.dumps([{k: m.get(k) for k in ("round", *keys)} for m in per_round], indent=1)
-    body = f"""# {ctx.name} online DPO pairs (generated)
-
-- generator: `alignment.train.online_dpo`, repository commit `{git_commit()}`
-- policy sampled: `{per_round[0]['policy_in']}` (round 1; each later round samples the previous round's model)
-- sampling: {cfg.sampler.backend} backend, n={cfg.n_samples}, temperature {cfg.temperature}, top_p {cfg.top_p},
-  max_new_tokens {cfg.max_new_tokens}
-- prompts: `{json.dumps([asdict(p) if isinstance(p, ProblemSpec) else dict(p) for p in cfg.prompts.problems]) if cfg.prompts.problems else cfg.prompts.path or 'input prompts'}`
-- frontier: `{json.dumps(asdict(cfg.frontier))}`
-- scorer: `{json.dumps(cfg.scorer)}`; verifier: `{json.dumps(cfg.verifier)}`
-- pair rule: `{json.dumps(asdict(cfg.pairs))}` (ties always dropped)
-
-Chosen and rejected are model outputs: they inherit the policy checkpoint's terms and those of its
-training data; pairs are only as good as the reward model that ranked them (inspect it with
-`yialign-reward inspect`).
-
-## Counts per round
-```json
-{summary}
-```
-"""
-    return atomic_write_text(ctx.stage_dir / "pairs.card.md", render_card(header, body))
+    prompts = (json.dumps([asdict(p) if isinstance(p, ProblemSpec) else dict(p) for p in cfg.prompts.problems])
+               if cfg.prompts.problems else cfg.prompts.path or "input prompts")
+    values = dict(
+        stage=ctx.name, policy=per_round[0]["policy_in"], backend=cfg.sampler.backend, n_samples=cfg.n_samples,
+        temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, prompts=prompts,
+        frontier=json.dumps(asdict(cfg.frontier)), scorer=json.dumps(cfg.scorer), verifier=json.dumps(cfg.verifier),
+        pair_rule=json.dumps(asdict(cfg.pairs)), count=header["records"],
+        summary=json.dumps([{k: m.get(k) for k in ("round", *keys)} for m in per_round], indent=1),
+    )
+    return write_card(ctx.stage_dir / "pairs.card.md", header, body, files=[ctx.stage_dir / "pairs.jsonl"], seed=seed,
+                      values=values)
 
 
 # --------------------------------------------------------------------------- stage

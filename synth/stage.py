@@ -116,7 +116,7 @@ class PolicySpec:
         from alignment.tasks.format import chat_render, plain_render
 
         if self.kind == "reference":
-            from synth.search.scripted import ScriptedSampler
+            from synth.search.scripted_sampler import ScriptedSampler
 
             return ScriptedSampler([Problem.from_dict(p) for p in self.problems], self.p_correct), plain_render
         if self.kind != "checkpoint":

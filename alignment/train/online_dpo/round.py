@@ -28,7 +28,7 @@ from alignment.artifacts import atomic_replace_dir, atomic_write_json, atomic_wr
 from alignment.errors import ConfigError, DataError
 from alignment.safety import GuardedSampler, SafetyFilter
 from alignment.sampling import Prompt, Sampler, SamplingParams
-from alignment.sampling.text import encode_prompts
+from alignment.sampling.tokens import encode_prompts
 from alignment.stage import StageContext, StageResult
 from alignment.train.dpo import load_policy, train_dpo
 from alignment.train.losses import dpo_implicit_rewards, dpo_loss, sequence_logprobs

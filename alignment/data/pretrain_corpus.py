@@ -27,7 +27,7 @@ Sources, by name:
 Each text is assigned to ``train`` or ``heldout`` by a hash of its content (10% held out),
 so the split is stable across runs and machines and independent of source order.
 
-Run as ``python -m alignment.data.corpus`` to print per-source counts.
+Run as ``python -m alignment.data.pretrain_corpus`` to print per-source counts.
 """
 
 from __future__ import annotations

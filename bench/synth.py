@@ -1,6 +1,6 @@
 """Synthesis throughput: problems per minute of MCTS (or DFS), with named baselines, in one run.
 
-1. search overhead: the model-free scripted policy (synth/search/scripted.py), so the number
+1. search overhead: the model-free scripted policy (synth/search/scripted_sampler.py), so the number
    is tree bookkeeping + verifiers only;
 2. the tiny MoE (recipes/model/tiny.yaml, random init, our tiny tokenizer) as the policy
    through ``alignment.sampling.build_sampler`` (``--backend native`` by default), one
@@ -98,7 +98,7 @@ def main() -> None:
 
     from alignment.tasks.format import chat_render, plain_render
     from alignment.tasks.problems import load_problems
-    from synth.search.scripted import ScriptedSampler
+    from synth.search.scripted_sampler import ScriptedSampler
     from synth.search.tree import SearchConfig
 
     print(f"host: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, device {args.device}")

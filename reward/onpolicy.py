@@ -73,7 +73,7 @@ def onpolicy_pairs(spec: OnPolicySpec, policy_dir: str | Path, device: str, cach
         return rows, {"onpolicy_pairs": len(rows)}
     from alignment.sampling import SamplingParams, build_sampler
     from alignment.tasks.verify import get_verifier
-    from alignment.train.online_dpo import free_accelerator_memory
+    from alignment.train.online_dpo.rollout import free_accelerator_memory
 
     t0 = time.perf_counter()
     problems = training_problems(list(spec.problems), "onpolicy.problems")

@@ -29,7 +29,8 @@ The two training phases of the Yi-Lightning recipe read pairs differently:
 
 - phase 1 (preference-model pre-training) uses every pair of its broad sources as is;
 - phase 2 (fine-tuning) uses :func:`curate_pairs`: for each prompt, the highest-scored answer vs the
-  lowest-scored one, dropped when the score gap is under ``min_gap``.
+  lowest-scored one, dropped when the score gap is under ``min_gap`` (online DPO's pair rule,
+  ``alignment/train/pair_rule.py``, decides it: one home for ties and gaps).
 
 Held-out evaluation splits by prompt (:func:`split_by_prompt`) so no prompt is on both sides.
 """
@@ -266,9 +267,11 @@ def curate_pairs(rows: list[dict], min_gap: float) -> list[dict]:
 
     Every answer a prompt's pairs mention is a candidate with its score (``chosen_score`` /
     ``rejected_score``; a row without scores counts as chosen = 1, rejected = 0, i.e. a plain
-    preference label). The answer with the best score is paired with the worst; the prompt is
-    dropped when ``best - worst < min_gap`` (a small gap is mostly label noise, as the
-    Yi-Lightning report argues) or when the best and worst answers are the same text.
+    preference label). The choice is online DPO's pair rule (:func:`alignment.train.pair_rule.select_pair`,
+    ``best_worst`` on the scores alone), so ties and gaps are decided in one place: the best answer is
+    paired with the worst, and the prompt is dropped when ``best - worst < min_gap`` (a small gap is
+    mostly label noise, as the Yi-Lightning report argues), when the gap is 0 (a tie) or when the
+    prompt has one answer only. Among equal scores the answer seen first wins.
 
     Args:
         rows (`list[dict]`): normalized pairs.
@@ -277,6 +280,9 @@ def curate_pairs(rows: list[dict], min_gap: float) -> list[dict]:
     Returns:
         `list[dict]`: one pair per kept prompt, in first-seen prompt order, with ``margin`` unset.
     """
+    from alignment.train.pair_rule import Candidate, Pair, PairRule, select_pair
+
+    rule = PairRule(rule="best_worst", min_gap=min_gap, verifier="ignore")
     groups: dict[str, dict] = {}
     for r in rows:
         g = groups.setdefault(prompt_key(r["prompt"]), {"prompt": r["prompt"], "cands": {}, "source": r["source"]})
@@ -286,13 +292,15 @@ def curate_pairs(rows: list[dict], min_gap: float) -> list[dict]:
         for text, s in ((r["chosen"], cs), (r["rejected"], rs)):
             g["cands"][text] = max(s, g["cands"].get(text, s))
     out = []
-    for g in groups.values():
-        ranked = sorted(g["cands"].items(), key=lambda kv: kv[1])
-        (worst, lo), (best, hi) = ranked[0], ranked[-1]
-        if best == worst or hi - lo < min_gap:
-            continue
-        out.append({"prompt": g["prompt"], "chosen": best, "rejected": worst, "chosen_score": hi,
-                    "rejected_score": lo, "source": g["source"]})
+    for key, g in groups.items():
+        cands = [Candidate(text, score) for text, score in g["cands"].items()]
+        try:
+            pair = select_pair(cands, rule)
+        except ValueError as e:  # a NaN or infinite score
+            raise PairFormatError(f"prompt {prompt_text(g['prompt'])[:60]!r}: {e}") from None
+        if isinstance(pair, Pair):
+            out.append({"prompt": g["prompt"], "chosen": cands[pair.chosen].text, "rejected": cands[pair.rejected].text,
+                        "chosen_score": pair.chosen_score, "rejected_score": pair.rejected_score, "source": g["source"]})
     return out
 
 

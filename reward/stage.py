@@ -107,23 +107,21 @@ def _phase_pairs(phase: RewardPhase, ctx: StageContext, pairs_key: str, onpolicy
 
 def _write_pairs(ctx: StageContext, sets: dict[str, list[dict]], cfg: RewardStageConfig) -> str:
     """Publish the exact train / held-out pair sets with a data card (template: data_cards/reward_pairs.md)."""
-    from alignment.artifacts import file_hash
-    from alignment.data.cards import parse_card, render_card
+    from alignment.data.cards import card_template, write_card
 
     tmp = ctx.tmp_dir("pairs")
     for name, rows in sets.items():
         atomic_write_jsonl(tmp / f"{name}.jsonl", rows)
-    header, body = parse_card(CARD_TEMPLATE.read_text(encoding="utf-8"), str(CARD_TEMPLATE))
+    header, body = card_template(CARD_TEMPLATE)
     header.update(
         description=f"Preference pairs the reward model of stage '{ctx.name}' trained on, and its held-out pairs.",
         sources=[{"name": name, "count": len(rows)} for name, rows in sets.items()],
-        seed=int(cfg.seed), stage=ctx.name, records=sum(len(r) for r in sets.values()),
-        hashes={f"{name}.jsonl": file_hash(tmp / f"{name}.jsonl") for name in sets})
+        stage=ctx.name, records=sum(len(r) for r in sets.values()))
     counts = "\n".join(f"| {name}.jsonl | {len(rows)} | {len({prompt_key(r['prompt']) for r in rows})} |"
                        for name, rows in sets.items())
-    body = body.format(stage=ctx.name, counts=counts, sources={p: list(getattr(cfg, p).sources) for p in cfg.phases},
-                       min_gap=cfg.finetune.min_gap, eval_fraction=cfg.eval_fraction, seed=cfg.seed)
-    atomic_write_text(tmp / "card.md", render_card(header, body))
+    write_card(tmp / "card.md", header, body, files=[tmp / f"{name}.jsonl" for name in sets], seed=cfg.seed,
+               values=dict(stage=ctx.name, counts=counts, sources={p: list(getattr(cfg, p).sources) for p in cfg.phases},
+                           min_gap=cfg.finetune.min_gap, eval_fraction=cfg.eval_fraction, seed=cfg.seed))
     return ctx.publish(tmp, "pairs")
 
 

@@ -36,12 +36,12 @@ from typing import Any
 
 from omegaconf import MISSING
 
-from alignment.artifacts import atomic_write_json, atomic_write_jsonl, config_hash, content_hash, file_hash
+from alignment.artifacts import atomic_write_json, atomic_write_jsonl, config_hash, content_hash
 from alignment.errors import ConfigError
 from alignment.stage import StageContext, StageResult
 from alignment.tasks.format import user_message
 from alignment.tasks.problems import Problem, ProblemSpec, training_problems
-from synth.outputs import GENERATOR_VERSION, build_datasets, summarize, write_card
+from synth.outputs import GENERATOR_VERSION, build_datasets, summarize, write_dataset_card
 from synth.search.tree import SearchConfig, derive_seed
 
 WORK_DIR = ".synth-work"  # dot-prefixed: scratch, not part of the stage's content hash
@@ -116,7 +116,7 @@ class PolicySpec:
         from alignment.tasks.format import chat_render, plain_render
 
         if self.kind == "reference":
-            from synth.search.scripted import ScriptedSampler
+            from synth.search.scripted_sampler import ScriptedSampler
 
             return ScriptedSampler([Problem.from_dict(p) for p in self.problems], self.p_correct), plain_render
         if self.kind != "checkpoint":
@@ -258,8 +258,8 @@ def generate(problems: list[Problem], policy: PolicySpec, cfg: SynthConfig, out_
     for name, rows in data.items():
         path = atomic_write_jsonl(out_dir / f"{name}.jsonl", rows)
         fields = list(rows[0]) if rows else []
-        write_card(out_dir / f"{name}.card.md", name, fields, len(rows), {path.name: file_hash(path)}, summary,
-                   card_config, cfg.seed, stage, verifiers)
+        write_dataset_card(out_dir / f"{name}.card.md", name, fields, len(rows), path, summary,
+                           card_config, cfg.seed, stage, verifiers)
         outputs[name] = path.name
     metrics = {
         "problems": summary["problems"], "solved": summary["solved"], "solve_rate": summary["solve_rate"],

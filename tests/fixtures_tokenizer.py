@@ -22,7 +22,7 @@ TINY_CHARS_PER_SOURCE = 60_000
 
 def build_tiny_tokenizer():
     """Train the tiny test tokenizer (what the ``tiny_tokenizer`` fixture returns)."""
-    from alignment.data.corpus import load_corpus
+    from alignment.data.pretrain_corpus import load_corpus
     from alignment.model.tokenizer import build_tokenizer
 
     texts = load_corpus(TINY_SOURCES, split="train", max_chars_per_source=TINY_CHARS_PER_SOURCE)

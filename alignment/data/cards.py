@@ -1,9 +1,13 @@
 """Data cards: a YAML header (validated against :data:`CARD_SCHEMA`) plus a short markdown body.
 
-Every mixture a stage writes gets a card next to its JSONL (``write_mixture_card``), and
-``data_cards/`` holds one hand-written card per real dataset a recipe names. Both kinds share
-the schema, so ``python -m alignment.data.cards data_cards/*.md`` checks them all (exit 1 on
-the first invalid card, naming the file and key).
+Every dataset file a stage writes gets a card next to it, and every such card is written by
+:func:`write_card`, which fills ``commit``, ``hashes`` and ``seed`` the same way for all of them:
+the SFT mixtures (``write_mixture_card``), synth's files (``synth/outputs.py``), the reward
+stage's pair sets (``reward/stage.py``) and online DPO's pairs (``alignment/train/online``).
+Generated cards start from a template in ``data_cards/`` (:func:`card_template`); ``data_cards/``
+also holds one hand-written card per real dataset a recipe names. All kinds share the schema, so
+``python -m alignment.data.cards data_cards/*.md`` checks them all (exit 1 on the first invalid
+card, naming the file and key).
 
 Header keys (``kind: mixture`` cards need the starred ones too)::
 
@@ -17,17 +21,18 @@ Header keys (``kind: mixture`` cards need the starred ones too)::
     hashes: {str: str}   *    sha256 of the files the card describes
     target_count: int    *
     achieved_count: int  *
+    commit: str               repository commit of the code that wrote a generated card
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import yaml
 
-from alignment.artifacts import atomic_write_text
+from alignment.artifacts import atomic_write_text, file_hash, git_commit
 
 # key -> (python type(s), required for every card, required for mixtures)
 CARD_SCHEMA: dict[str, tuple[type | tuple[type, ...], bool, bool]] = {
@@ -47,6 +52,7 @@ CARD_SCHEMA: dict[str, tuple[type | tuple[type, ...], bool, bool]] = {
     "records": (int, False, False),
     "used_by": (list, False, False),
     "stage": (str, False, False),
+    "commit": (str, False, False),
 }
 KINDS = ("mixture", "dataset")
 
@@ -118,6 +124,40 @@ def render_card(header: dict, body: str) -> str:
     return "---\n" + yaml.safe_dump(header, sort_keys=False, allow_unicode=True, width=100) + "---\n\n" + body.strip() + "\n"
 
 
+def card_template(path: str | Path) -> tuple[dict, str]:
+    """A card template (``data_cards/*_generated.md`` and the like; itself a valid card): its header,
+    to update, and its body, a ``str.format`` template for :func:`write_card`'s ``values``."""
+    return parse_card(Path(path).read_text(encoding="utf-8"), str(path))
+
+
+def write_card(path: str | Path, header: dict, body: str, files: Iterable[str | Path] = (), seed: int | None = None,
+               values: dict[str, Any] | None = None) -> Path:
+    """Write a generated data card (YAML header + markdown body) atomically; the one card writer.
+
+    Every generated card gets the same three facts the same way: ``commit`` (the repository commit
+    of the code that wrote it, :func:`alignment.artifacts.git_commit`), ``hashes`` (sha256 of each
+    of ``files`` by file name) and ``seed``.
+
+    Args:
+        path (`str` or `Path`): the card file (``.md``).
+        header (`dict`): header keys (:data:`CARD_SCHEMA`); validated before anything is written.
+        body (`str`): the markdown body, or with ``values`` a ``str.format`` template (a template's body).
+        files (`Iterable[str | Path]`, *optional*): the files the card describes; their hashes go in ``hashes``.
+        seed (`int`, *optional*): the seed that made them.
+        values (`dict`, *optional*): fills the body's ``{placeholders}``; ``{commit}`` is always available.
+    """
+    commit = git_commit()
+    header = {**header, "commit": commit}
+    files = list(files)
+    if files:
+        header["hashes"] = {Path(f).name: file_hash(f) for f in files}
+    if seed is not None:
+        header["seed"] = int(seed)
+    if values is not None:
+        body = body.format(commit=commit, **values)
+    return atomic_write_text(path, render_card(header, body))
+
+
 def write_mixture_card(path: str | Path, report: dict, description: str, hashes: dict[str, str], fields: list[str], stage: str, decontamination: dict | None = None) -> Path:
     """Write the card of a mixture built by :func:`alignment.data.mixture.build_mixture`.
 
@@ -143,7 +183,6 @@ def write_mixture_card(path: str | Path, report: dict, description: str, hashes:
         "sources": sources,
         "fields": fields,
         "license": "; ".join(f"{s['name']}: {s['license']}" for s in report["sources"]) if len(licenses) > 1 else licenses[0],
-        "seed": report["seed"],
         "hashes": hashes,
         "target_count": report["target_count"],
         "achieved_count": report["achieved_count"],
@@ -168,7 +207,7 @@ def write_mixture_card(path: str | Path, report: dict, description: str, hashes:
     short = [s["name"] for s in report["sources"] if s["achieved"] < s["target"]]
     if short:
         lines += ["", f"Short of target (not enough rows, no replacement): {', '.join(short)}."]
-    return atomic_write_text(path, render_card(header, "\n".join(lines)))
+    return write_card(path, header, "\n".join(lines), seed=report["seed"])
 
 
 if __name__ == "__main__":

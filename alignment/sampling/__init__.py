@@ -7,7 +7,8 @@
 Backends: ``native`` (native.py: the in-repo model, one prefill per prompt shared by its n
 samples, batched decode over its own KV cache), ``hf`` (hf.py: ``transformers`` ``generate``,
 the baseline) and ``vllm`` (vllm_backend.py + vllm_plugin.py, optional extra). Tests:
-``python -m pytest -q tests/sampling``; speed: ``python bench/sampling.py``.
+``python -m pytest -q tests/sampling``; speed: ``python bench/sampling.py``. What every backend
+shares so they agree token for token (prompt encoding, EOS and stop strings) is tokens.py.
 """
 
 from alignment.sampling.base import Message, Prompt, Sample, Sampler, SamplingParams

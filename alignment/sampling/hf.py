@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from alignment.sampling.base import Prompt, Sample, SamplingParams
 from alignment.sampling.batching import check_params, left_pad, plan_batches
 from alignment.sampling.model_sampler import ModelSampler
-from alignment.sampling.text import StopDetector, encode_prompts
+from alignment.sampling.tokens import StopDetector, encode_prompts
 
 
 class _ChosenTokenLogprobs(LogitsProcessor):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 from alignment.sampling.config import SamplerConfig
-from alignment.sampling.text import eos_token_ids
+from alignment.sampling.tokens import eos_token_ids
 
 
 def as_policy(checkpoint, tokenizer, cfg: SamplerConfig, device: str):

@@ -40,7 +40,7 @@ from alignment.sampling.base import Prompt, Sample, SamplingParams
 from alignment.sampling.batching import check_params, left_pad, plan_batches
 from alignment.sampling.config import SamplerConfig
 from alignment.sampling.model_sampler import ModelSampler
-from alignment.sampling.text import StopDetector, encode_prompts
+from alignment.sampling.tokens import StopDetector, encode_prompts
 
 # Compact the decode batch once this share of its rows has finished: dropping rows costs one
 # gather of the cache, so doing it on every finish would cost more than it saves.

@@ -31,7 +31,7 @@ from typing import Sequence
 from alignment.sampling.base import Prompt, Sample, SamplingParams
 from alignment.sampling.batching import check_params
 from alignment.sampling.config import SamplerConfig
-from alignment.sampling.text import StopDetector, encode_prompts, eos_token_ids
+from alignment.sampling.tokens import StopDetector, encode_prompts, eos_token_ids
 
 EXTENSION = "alignment.sampling.vllm_plugin.CheckpointReloadExtension"
 

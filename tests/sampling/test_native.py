@@ -36,7 +36,7 @@ def full_forward_logprob(model, ids: list[int], completion: list[int]) -> float:
 
 
 def prompt_ids(sampler, prompts):
-    from alignment.sampling.text import encode_prompts
+    from alignment.sampling.tokens import encode_prompts
 
     return encode_prompts(sampler.tokenizer, prompts)
 
@@ -51,7 +51,7 @@ STEPS = 2 * WINDOW + 3  # prompt + generation run well past the sliding window: 
 @pytest.fixture(scope="module")
 def greedy_refs(model, tokenizer):
     """Per prompt: (greedy continuation, its log-prob), both from full forward passes."""
-    from alignment.sampling.text import encode_prompts
+    from alignment.sampling.tokens import encode_prompts
 
     refs = []
     for ids in encode_prompts(tokenizer, PROMPTS):

@@ -9,7 +9,7 @@ from alignment.tasks.problems import load_problems
 from alignment.tasks.verify import get_verifier
 from synth.search import SearchConfig, dfs_search, mcts_search
 from synth.search.mcts import puct_select
-from synth.search.scripted import ScriptedSampler
+from synth.search.scripted_sampler import ScriptedSampler
 from synth.search.tree import Node
 
 MATH = get_verifier("math")

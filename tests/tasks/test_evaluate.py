@@ -8,7 +8,7 @@ import pytest
 from alignment.stage import InputArtifact, StageContext
 from alignment.tasks.format import plain_render
 from alignment.tasks.evaluate import EvalConfig, EvalSetSpec, evaluate_sampler, load_eval_sets, paired_comparisons, pass_at_k, run
-from synth.search.scripted import ScriptedSampler
+from synth.search.scripted_sampler import ScriptedSampler
 
 
 @pytest.mark.parametrize("n, c, k, want", [(10, 0, 1, 0.0), (10, 10, 5, 1.0), (5, 2, 1, 0.4), (4, 1, 2, 0.5), (10, 3, 10, 1.0)])

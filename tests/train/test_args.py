@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from alignment.errors import ConfigError
 from alignment.train.args import LoopArgs, LoraSpec, OptimArgs, TrainArgs, training_kwargs
 from alignment.train.aux_loss import MoEAuxLossMixin, add_aux_loss
-from alignment.train.base import BaseConfig
+from alignment.train.pretrain import BaseConfig
 from alignment.train.dpo import DPOTrainArgs
 from alignment.train.sft import SFTStageConfig
 from reward.train import RewardPhase, TrainSpec

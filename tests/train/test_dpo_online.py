@@ -19,7 +19,7 @@ from alignment.stage import InputArtifact, StageContext
 from alignment.tasks.format import task_message
 from alignment.train.dpo import DPOTrainArgs
 from alignment.train.online_dpo import OnlineDPOConfig, PromptsConfig, load_prompts, to_prompt_item
-from alignment.train.pairs import PairRule
+from alignment.train.pair_rule import PairRule
 
 
 class LengthScorer:

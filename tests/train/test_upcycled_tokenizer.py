@@ -72,7 +72,7 @@ def test_trl_sft_step_on_upcycled_tokenizer(gguf_tokenizer_factory, tmp_path):
     from trl import SFTConfig
 
     from alignment.model import YiLightningForCausalLM, load_preset
-    from alignment.train.base import set_special_token_ids
+    from alignment.train.pretrain import set_special_token_ids
     from alignment.train.sft import MoESFTTrainer
 
     tok = adopt_chat_format(gguf_tokenizer_factory(tmp_path))

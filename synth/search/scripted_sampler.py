@@ -8,7 +8,7 @@ every later step and the final answer stay wrong. Correct steps get a higher
 log-probability than corrupted ones, so the policy prior favours them as a trained model
 would. Also used by ``yialign-synth policy=reference`` as a dry run of a recipe.
 
-    from synth.search.scripted import ScriptedSampler
+    from synth.search.scripted_sampler import ScriptedSampler
     sampler = ScriptedSampler(problems, p_correct=0.7)
 """
 

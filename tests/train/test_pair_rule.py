@@ -1,13 +1,13 @@
-"""Pair construction table (alignment/train/pairs.py): ties, gaps, verifier overrides, rules.
+"""Pair construction table (alignment/train/pair_rule.py): ties, gaps, verifier overrides, rules.
 
-Run: python -m pytest -q tests/train/test_pairs.py
+Run: python -m pytest -q tests/train/test_pair_rule.py
 """
 
 import random
 
 import pytest
 
-from alignment.train.pairs import Candidate, Drop, Pair, PairRule, PairStats, select_pair
+from alignment.train.pair_rule import Candidate, Drop, Pair, PairRule, PairStats, select_pair
 
 C = Candidate
 P, F, U = True, False, None  # verdicts: passed, failed, unknown (no known answer)

@@ -2,7 +2,7 @@
 source is parsed from a fixture here (so its code is tested on every machine) and, when its
 Debian files are absent, skipped with one line.
 
-Run: python -m pytest -q tests/data/test_corpus.py
+Run: python -m pytest -q tests/data/test_pretrain_corpus.py
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-import alignment.data.corpus as corpus
-from alignment.train.base import BaseConfig
+import alignment.data.pretrain_corpus as corpus
+from alignment.train.pretrain import BaseConfig
 
 REPO = Path(__file__).resolve().parents[2]
 ANSI_RED, ANSI_OFF = "\x1b[1;31m", "\x1b[0m"

@@ -1,4 +1,4 @@
-"""Sampling throughput: the native sampler vs transformers generate (the hf backend), one run.
+"""Sampling throughput: the native sampler vs transformers generate (the hf backend) and vLLM, one run.
 
 Same model (our YiLightningForCausalLM, random init, a preset from recipes/model), same prompts,
 ``--n`` samples per prompt (16: the online-DPO setting), every variant timed in this process.
@@ -9,8 +9,12 @@ the process's peak RSS so far, which only grows, so read it per run with care).
     python bench/sampling.py --preset small --device cuda # the H100 figure (native >= 10x hf target)
 
 Variants: ``hf`` (generate, num_return_sequences=n), ``native/model`` (one shared prefill, the
-model's own forward and cache, finished rows dropped), ``native/static`` (fixed-shape decode) and
-``native/static+graph`` (the same, captured in a CUDA graph; CUDA only). Random weights rarely
+model's own forward and cache, finished rows dropped), ``native/static`` (fixed-shape decode),
+``native/static+graph`` (the same, captured in a CUDA graph; CUDA only) and ``vllm`` (the same
+weights saved to a temporary folder and loaded by vLLM, eager as recipes/sampler/vllm.yaml; CUDA
+and an importable vllm only, else skipped with the reason printed). vLLM's memory is used in its
+own engine process, so its row reads the device's used memory (``torch.cuda.mem_get_info``) while
+the engine runs, its KV-cache reservation (``gpu_memory_utilization``) included. Random weights rarely
 emit EOS, so every sample runs to ``--max-new-tokens``; the count is taken from the results.
 
 The tokenizer is a word-level one over the model's whole vocabulary (token ``t<id>``), built
@@ -21,8 +25,10 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import resource
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -53,7 +59,23 @@ def peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def device_used_mb() -> float:
+    free, total = torch.cuda.mem_get_info()
+    return (total - free) / 2**20
+
+
+def vllm_unavailable(device: str) -> str | None:
+    """Why the vllm row cannot run here, or None."""
+    if not device.startswith("cuda"):
+        return "vLLM runs on CUDA only"
+    if importlib.util.find_spec("vllm") is None:
+        return "vllm is not importable (pip install -e '.[vllm]': vLLM 0.26.x for torch 2.11)"
+    return None
+
+
 def run(name, cfg, model, tok, prompts, n, params, device, repeat):
+    if cfg["backend"] == "vllm":
+        return run_vllm(name, cfg, model, tok, prompts, n, params, repeat)
     sampler = build_sampler(cfg, model, tok, device=device)
     # Warm-up on the very batch shapes of the timed run (2 new tokens): FlexAttention compiles once
     # per prefill shape and Triton autotunes per shape; those one-off costs are not sampling speed.
@@ -75,6 +97,26 @@ def run(name, cfg, model, tok, prompts, n, params, device, repeat):
     return dict(name=name, tokens=tokens, seconds=dt, tps=tokens / dt, mem=peak_memory_mb(device))
 
 
+def run_vllm(name, cfg, model, tok, prompts, n, params, repeat):
+    """The same model through vLLM: it loads weights itself, so they go through a save_pretrained folder."""
+    with tempfile.TemporaryDirectory() as path:
+        model.save_pretrained(path, safe_serialization=True)
+        tok.save_pretrained(path)
+        sampler = build_sampler(cfg, path)
+        try:
+            sampler.generate(prompts, n=n, params=SamplingParams(max_new_tokens=2, seed=1))
+            dt, mem = float("inf"), 0.0
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                groups = sampler.generate(prompts, n=n, params=params)
+                dt = min(dt, time.perf_counter() - t0)
+                mem = max(mem, device_used_mb())
+        finally:
+            sampler.close()
+    tokens = sum(len(s.token_ids) for g in groups for s in g)
+    return dict(name=name, tokens=tokens, seconds=dt, tps=tokens / dt, mem=mem)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", default=None, help="model preset (default: tiny on CPU, small on CUDA)")
@@ -83,7 +125,7 @@ def main():
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--max-new-tokens", type=int, default=None, help="default: 64 on CPU, 128 on CUDA")
     ap.add_argument("--prompt-len", type=int, default=64, help="longest prompt; others are shorter")
-    ap.add_argument("--variants", default="hf,native/static+graph,native/static,native/model")
+    ap.add_argument("--variants", default="hf,native/static+graph,native/static,native/model,vllm")
     ap.add_argument("--impl", default="auto", help="kernel switch of the model config (auto|torch|triton)")
     ap.add_argument("--repeat", type=int, default=1, help="time each variant this many times, keep the best")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -116,10 +158,16 @@ def main():
         "native/model": {"backend": "native", "decode": "model"},
         "native/static": {"backend": "native", "decode": "static", "cuda_graphs": False},
         "native/static+graph": {"backend": "native", "decode": "static", "cuda_graphs": True},
+        # this process keeps the benchmark model (and the others' peaks) on the card: half for vLLM
+        "vllm": {"backend": "vllm", "enforce_eager": True, "gpu_memory_utilization": 0.5},
     }
+    cfgs["vllm"]["max_model_len"] = args.prompt_len + max_new + 16  # KV for this workload, not the preset's context
     rows = []
     for name in args.variants.split(","):
         if name == "native/static+graph" and not cuda:
+            continue
+        if name == "vllm" and vllm_unavailable(args.device):
+            print(f"  vllm: skipped: {vllm_unavailable(args.device)}", flush=True)
             continue
         try:
             rows.append(run(name, {**cfgs[name], "max_prompts_per_batch": args.prompts}, model, tok, prompts,
@@ -130,7 +178,7 @@ def main():
             print(f"  {name}: FAILED {type(e).__name__}: {e}", flush=True)
 
     base = next((r["tps"] for r in rows if r["name"] == "hf"), None)
-    mem = "peak GPU MiB" if cuda else "peak RSS MiB"
+    mem = "peak GPU MiB (vllm: device used, KV reservation incl.)" if cuda else "peak RSS MiB"
     print(f"\n| variant | generated tokens | seconds | tokens/s | x hf | {mem} |")
     print("|---|---|---|---|---|---|")
     for r in rows:

@@ -71,7 +71,7 @@ def onpolicy_pairs(spec: OnPolicySpec, policy_dir: str | Path, device: str, cach
     if cache.is_file():
         rows = read_jsonl(cache)
         return rows, {"onpolicy_pairs": len(rows)}
-    from alignment.sampling import SamplingParams, build_sampler
+    from alignment.sampling import SamplingParams, build_sampler, close_sampler
     from alignment.tasks.verify import get_verifier
     from alignment.train.online_dpo.rollout import free_accelerator_memory
 
@@ -80,7 +80,10 @@ def onpolicy_pairs(spec: OnPolicySpec, policy_dir: str | Path, device: str, cach
     sampler = build_sampler(spec.sampler, str(policy_dir), device=device)
     prompts = [[{"role": "user", "content": user_message(p)}] for p in problems]
     params = SamplingParams(max_new_tokens=spec.max_new_tokens, temperature=spec.temperature, seed=spec.seed)
-    groups = sampler.generate(prompts, spec.n_samples, params)
+    try:
+        groups = sampler.generate(prompts, spec.n_samples, params)
+    finally:
+        close_sampler(sampler)  # the reward model trains on this card next
     del sampler
     free_accelerator_memory()
     sample_s = time.perf_counter() - t0

@@ -232,10 +232,15 @@ def generate(problems: list[Problem], policy: PolicySpec, cfg: SynthConfig, out_
                     bar.update(1)
     elif todo:
         _init_worker(*init_args, 0)
-        for group in todo:
-            for _, solved, wall in _solve(group):
-                walls.append(wall)
-                bar.update(1)
+        try:
+            for group in todo:
+                for _, solved, wall in _solve(group):
+                    walls.append(wall)
+                    bar.update(1)
+        finally:  # the next stage may load a model on the same card: free a vLLM engine now
+            from alignment.sampling import close_sampler
+
+            close_sampler(_WORKER.pop("sampler"))
     bar.close()
     elapsed = time.monotonic() - t0
 

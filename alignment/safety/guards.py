@@ -88,6 +88,12 @@ class GuardedSampler:
         self.filter = flt or _default_filter()
         self.events: list[GuardEvent] = []
 
+    def close(self) -> None:
+        """Release the wrapped sampler's engine (see alignment.sampling.close_sampler)."""
+        from alignment.sampling import close_sampler
+
+        close_sampler(self.sampler)
+
     def _log(self, side, action, hits, pi, si, text):
         self.events.append(GuardEvent(time.time(), side, action, sorted({h.category for h in hits}), pi, si, text[:120]))
 

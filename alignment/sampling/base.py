@@ -24,11 +24,12 @@ class SamplingParams:
 
     Args:
         max_new_tokens (`int`, *optional*, defaults to `256`): tokens generated at most per sample.
-        temperature (`float`, *optional*, defaults to `1.0`): 0 means greedy.
+        temperature (`float`, *optional*, defaults to `1.0`): 0 means greedy; at most 2 (vLLM's bound,
+            kept for every backend).
         top_p (`float`, *optional*, defaults to `1.0`): nucleus mass kept.
         top_k (`int`, *optional*, defaults to `0`): keep the k most likely tokens; 0 = off.
         stop (`list[str]`, *optional*): generation of a sample ends at the first of these
-            strings; the returned text is cut before it (finish_reason ``"stop"``).
+            (non-empty) strings; the returned text is cut before it (finish_reason ``"stop"``).
         seed (`int | None`, *optional*): same seed, same prompts, same params -> same samples.
     """
 
@@ -61,3 +62,12 @@ class Sample:
 @runtime_checkable
 class Sampler(Protocol):
     def generate(self, prompts: Sequence[Prompt], n: int, params: SamplingParams) -> list[list[Sample]]: ...
+
+
+def close_sampler(sampler) -> None:
+    """Release what a sampler holds on the accelerator now. vLLM's engine keeps its GPU memory until
+    ``close()`` (garbage collection may come too late for the model loaded next on the same card);
+    the in-process backends (native, hf) have no ``close`` and are freed with their last reference."""
+    close = getattr(sampler, "close", None)  # optional: only engine-backed samplers (vllm) have one
+    if close is not None:
+        close()

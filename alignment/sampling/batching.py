@@ -3,8 +3,6 @@ padding, and the checks every ``generate`` call runs on its arguments."""
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from alignment.sampling.base import SamplingParams
@@ -19,14 +17,18 @@ def check_params(n: int, params: SamplingParams) -> None:
         raise ValueError(f"n (samples per prompt) must be a positive int, got {n!r}")
     if params.max_new_tokens < 1:
         raise ValueError(f"SamplingParams.max_new_tokens must be >= 1, got {params.max_new_tokens}")
-    if params.temperature < 0 or math.isnan(params.temperature):
-        raise ValueError(f"SamplingParams.temperature must be >= 0, got {params.temperature}")
+    # [0, 2] and no empty stop string: what vLLM accepts (sampling_params.py, _verify_args), so every
+    # backend takes the same params and a bad one fails here, naming our field, not deep in vLLM.
+    if not 0.0 <= params.temperature <= 2.0:  # also refuses NaN
+        raise ValueError(f"SamplingParams.temperature must be in [0, 2] (0 = greedy), got {params.temperature}")
     if not 0.0 < params.top_p <= 1.0:
         raise ValueError(f"SamplingParams.top_p must be in (0, 1], got {params.top_p}")
     if params.top_k < 0:
         raise ValueError(f"SamplingParams.top_k must be >= 0 (0 = off), got {params.top_k}")
     if isinstance(params.stop, str):
         raise TypeError(f"SamplingParams.stop must be a list of strings, got the string {params.stop!r}")
+    if any(not isinstance(s, str) or not s for s in params.stop):
+        raise ValueError(f"SamplingParams.stop must hold non-empty strings, got {list(params.stop)!r}")
 
 
 def plan_batches(lengths: list[int], n: int, cfg: SamplerConfig) -> list[list[int]]:

@@ -59,10 +59,13 @@ class SamplerConfig:
             memory for weights + KV cache.
         max_model_len (`int | None`, *optional*): vllm only: context length to reserve KV for;
             ``None`` takes the model config's.
-        enforce_eager (`bool`, *optional*, defaults to `False`): vllm only: disable its CUDA graphs.
-        model_impl (`str`, *optional*, defaults to `"auto"`): vllm only: ``auto`` uses the
-            out-of-tree registered architecture (alignment/sampling/vllm_plugin.py), ``transformers``
-            forces vLLM's Transformers backend.
+        enforce_eager (`bool`, *optional*, defaults to `True`): vllm only: run eagerly, without
+            vLLM's torch.compile and CUDA graphs; compiling our decoder under vLLM is untested.
+        model_impl (`str`, *optional*, defaults to `"auto"`): vllm only, and ``auto`` is the only
+            value: vLLM loads our architecture through the class the plugin registers
+            (alignment/sampling/vllm_plugin.py). ``transformers`` is refused: vLLM's Transformers
+            path looks the class up in the transformers package (ours is not there) or through
+            ``auto_map``, which needs ``trust_remote_code``.
     """
 
     backend: str = "native"
@@ -78,7 +81,7 @@ class SamplerConfig:
     data_parallel_size: int = 1
     gpu_memory_utilization: float = 0.85
     max_model_len: int | None = None
-    enforce_eager: bool = False
+    enforce_eager: bool = True
     model_impl: str = "auto"
 
     def __post_init__(self):
@@ -95,8 +98,14 @@ class SamplerConfig:
             raise ValueError(f"sampler.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         if self.decode not in ("auto", "model", "static"):
             raise ValueError(f"sampler.decode must be 'auto', 'model' or 'static', got {self.decode!r}")
-        if self.model_impl not in ("auto", "transformers"):
-            raise ValueError(f"sampler.model_impl must be 'auto' or 'transformers', got {self.model_impl!r}")
+        if self.model_impl == "transformers":
+            raise ValueError(
+                "sampler.model_impl: 'transformers' cannot load YiLightningForCausalLM (vLLM looks the class up in the "
+                "transformers package, where it is not, or through auto_map, which needs trust_remote_code); "
+                "use 'auto', which loads the architecture our vLLM plugin registers"
+            )
+        if self.model_impl != "auto":
+            raise ValueError(f"sampler.model_impl must be 'auto', got {self.model_impl!r}")
 
     @classmethod
     def from_any(cls, cfg: "SamplerConfig | Mapping[str, Any] | None") -> "SamplerConfig":

@@ -1,28 +1,40 @@
 """The ``vllm`` backend: ``vllm.LLM`` + ``vllm.SamplingParams(n=...)`` over a checkpoint folder.
 
-Optional extra (GPU only): ``pip install vllm``. Without it, choosing ``sampler=vllm`` raises one
-ImportError saying so. Our architecture reaches vLLM through the plugin in vllm_plugin.py.
+Optional extra (GPU only): ``pip install -e '.[vllm]'`` (vLLM 0.26.x, the release built on the GPU
+image's torch 2.11; see pyproject.toml). Without it, choosing ``sampler=vllm`` raises one ImportError
+saying so. Our architecture reaches vLLM through the plugin in vllm_plugin.py, which vLLM's own
+processes find through the ``vllm.general_plugins`` entry point of the installed project.
 
 - Prompts are tokenized here (same chat template as the other backends) and passed as token ids,
   so all backends condition on identical ids; results are rebuilt with the shared StopDetector so
   ``text`` / ``token_ids`` / ``finish_reason`` follow one convention.
 - ``logprob_sum`` is vLLM's ``cumulative_logprob`` with ``logprobs=0`` (the sampled token only);
   vLLM's V1 sampler reports raw log-probs (before temperature / top-k / top-p) by default
-  (``logprobs_mode="raw_logprobs"``), which is what Sample.logprob_sum means.
+  (``logprobs_mode="raw_logprobs"``, vllm/config/model.py), which is what Sample.logprob_sum means.
+- Seeds: request ``i`` (the prompt's index in the caller's list) gets ``seed + i``, on one engine
+  and across data-parallel replicas alike, so equal prompts still differ and no two collide.
 - ``tensor_parallel_size`` goes to each ``LLM``; ``data_parallel_size`` > 1 starts that many
   independent replicas in spawned processes, each pinned to its own ``tensor_parallel_size``
-  GPUs, and splits the prompts between them.
+  GPUs, and deals the prompts out between them (prompt i to replica i % replicas).
 - ``reload(checkpoint)`` loads a newer policy into the running engine(s) between online-DPO rounds
-  (``collective_rpc`` into vllm_plugin.CheckpointReloadExtension) and drops the prefix cache.
+  through vLLM's own ``reload_weights`` worker method (``collective_rpc``; it runs the model's
+  ``load_weights`` between vLLM's layer-wise reload set-up and its post-load processing), then
+  drops the prefix cache, whose K/V the old weights computed.
+- ``close()`` shuts the engine core down (its worker processes and their GPU memory) and empties
+  this process's CUDA cache: call it before loading another model on the same card.
 
-Verified here: the missing-vllm error (tests/sampling). Written against vLLM's documented API
-(LLM, SamplingParams, collective_rpc, worker_extension_cls, reset_prefix_cache, general plugins)
-but never run: vLLM cannot be installed on these machines.
+Checked against vLLM 0.26.0's source (the wheel): ``LLM.collective_rpc`` / ``reset_prefix_cache``
+(vllm/entrypoints/llm.py), ``Worker.reload_weights`` -> ``GPUModelRunner.reload_weights(weights_path=)``
+(vllm/v1/worker/gpu_worker.py, gpu_model_runner.py), ``EngineCoreClient.shutdown`` (vllm/v1/engine/
+core_client.py; 0.26's ``LLM`` has no ``shutdown``), ``SamplingParams._verify_args``
+(vllm/sampling_params.py). Verified here: our side of those calls, against a stand-in module
+(tests/sampling/test_vllm.py). On a GPU: tests/gpu/test_vllm.py, not yet run.
 """
 
 from __future__ import annotations
 
 import atexit
+import gc
 import multiprocessing as mp
 import os
 from pathlib import Path
@@ -33,8 +45,6 @@ from alignment.sampling.batching import check_params
 from alignment.sampling.config import SamplerConfig
 from alignment.sampling.tokens import StopDetector, encode_prompts, eos_token_ids
 
-EXTENSION = "alignment.sampling.vllm_plugin.CheckpointReloadExtension"
-
 
 def import_vllm():
     """Import vllm or fail with the one error a user needs to read."""
@@ -43,7 +53,7 @@ def import_vllm():
     except ImportError:
         raise ImportError(
             "sampler backend 'vllm' needs the optional vllm package, which is not installed. "
-            "On a GPU machine: pip install 'vllm>=0.22,<=0.31' (matches torch 2.13 / transformers <5.18); "
+            "On a GPU machine with torch 2.11: pip install -e '.[vllm]' (vllm 0.26.x); "
             "anywhere else use sampler=native."
         ) from None
     return vllm
@@ -57,12 +67,12 @@ def _llm_kwargs(cfg: SamplerConfig, path: str) -> dict:
         tensor_parallel_size=cfg.tensor_parallel_size,
         gpu_memory_utilization=cfg.gpu_memory_utilization,
         enforce_eager=cfg.enforce_eager,
-        worker_extension_cls=EXTENSION,
+        # Our architecture only: vLLM's registry (model_executor/models/registry.py) then takes the
+        # class the plugin registered, never its transformers-library fallback.
+        model_impl="auto",
     )
     if cfg.max_model_len is not None:
         kwargs["max_model_len"] = cfg.max_model_len
-    if cfg.model_impl == "transformers":
-        kwargs["model_impl"] = "transformers"
     return kwargs
 
 
@@ -79,14 +89,34 @@ def _to_vllm_params(vllm, n: int, params: SamplingParams, seed: int | None):
     )
 
 
-def _run(llm, vllm, token_ids: list[list[int]], n: int, params: SamplingParams, offset: int):
-    """Generate on one engine; returns per prompt a list of (token_ids, cumulative_logprob, finish_reason)."""
+def _run(llm, vllm, token_ids: list[list[int]], n: int, params: SamplingParams, indices: list[int]):
+    """Generate on one engine; ``indices`` are the prompts' places in the caller's list (they pick
+    the seeds). Returns per prompt a list of (token_ids, cumulative_logprob, finish_reason)."""
     requests = [{"prompt_token_ids": ids} for ids in token_ids]
-    # One seed per request (offset by the prompt's global index) so equal prompts still differ.
-    sp = [_to_vllm_params(vllm, n, params, None if params.seed is None else params.seed + offset + i)
-          for i in range(len(token_ids))]
+    sp = [_to_vllm_params(vllm, n, params, None if params.seed is None else params.seed + i) for i in indices]
     outs = llm.generate(requests, sp, use_tqdm=True)
     return [[(list(c.token_ids), c.cumulative_logprob or 0.0, c.finish_reason) for c in o.outputs] for o in outs]
+
+
+def _reload(llm, path: str) -> None:
+    # vLLM's own worker method (v1/worker/gpu_worker.py -> GPUModelRunner.reload_weights): it reads
+    # the folder with the loader the engine started with and runs the post-load processing.
+    llm.collective_rpc("reload_weights", kwargs={"weights_path": path})
+    llm.reset_prefix_cache()  # cached K/V came from the old weights
+
+
+def _shutdown(llm) -> None:
+    """Stop one engine: its engine-core process and workers exit and give their GPU memory back
+    (vLLM 0.26's ``LLM`` has no ``shutdown``; ``llm_engine.engine_core`` is its EngineCoreClient)."""
+    llm.llm_engine.engine_core.shutdown()
+
+
+def _empty_cuda_cache() -> None:
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _replica_main(conn, cfg: SamplerConfig, path: str, gpus: str):
@@ -100,33 +130,41 @@ def _replica_main(conn, cfg: SamplerConfig, path: str, gpus: str):
         if cmd == "generate":
             conn.send(("ok", _run(llm, vllm, *payload)))
         elif cmd == "reload":
-            llm.collective_rpc("reload_checkpoint", args=(payload,))
-            llm.reset_prefix_cache()
+            _reload(llm, payload)
             conn.send(("ok", None))
         else:
+            _shutdown(llm)
             return
 
 
+def check_checkpoint(path: str) -> None:
+    """A save_pretrained folder with safetensors weights (what vLLM's loader reads), or a clear error."""
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"sampler: model path {path} is not a folder (expected a save_pretrained checkpoint)")
+    if not any(Path(path).glob("*.safetensors")):
+        raise FileNotFoundError(f"sampler: no *.safetensors in {path}: save the policy with save_pretrained(safe_serialization=True)")
+
+
 class VLLMSampler:
-    """Sampler over vLLM engines (one per data-parallel replica)."""
+    """Sampler over vLLM engines (one per data-parallel replica). Call ``close()`` when done."""
 
     def __init__(self, cfg: SamplerConfig, model_path, tokenizer=None):
         vllm = import_vllm()
         if not isinstance(model_path, (str, os.PathLike)):
             raise TypeError("sampler backend 'vllm' loads weights itself: pass a save_pretrained folder, not a model object")
         path = str(model_path)
-        if not Path(path).is_dir():
-            raise FileNotFoundError(f"sampler: model path {path} is not a folder (expected a save_pretrained checkpoint)")
-        from alignment.sampling.vllm_plugin import register
+        check_checkpoint(path)
+        from alignment.sampling.vllm_plugin import check_entry_point, register
 
-        register()  # this process too (the entry point covers vLLM's own processes)
+        check_entry_point()  # vLLM's engine and worker processes register our architecture only through it
+        register()  # this process too
         if tokenizer is None:
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(path)
         self.vllm, self.cfg, self.path, self.tokenizer = vllm, cfg, path, tokenizer
         self.eos_ids = eos_token_ids(tokenizer)
-        self.llm, self.replicas = None, []
+        self.llm, self.replicas, self.closed = None, [], False
         if cfg.data_parallel_size == 1:
             self.llm = vllm.LLM(**_llm_kwargs(cfg, path))
         else:
@@ -148,16 +186,21 @@ class VLLMSampler:
             for _, conn in self.replicas:
                 conn.recv()  # wait until every replica has loaded
 
+    def _check_open(self) -> None:
+        if self.closed:
+            raise RuntimeError("sampler backend 'vllm': this sampler was closed (its engine is gone); build a new one")
+
     def generate(self, prompts: Sequence[Prompt], n: int, params: SamplingParams) -> list[list[Sample]]:
         check_params(n, params)
+        self._check_open()
         ids = encode_prompts(self.tokenizer, prompts)
         if self.llm is not None:
-            raw = _run(self.llm, self.vllm, ids, n, params, 0)
+            raw = _run(self.llm, self.vllm, ids, n, params, list(range(len(ids))))
         else:
             k = len(self.replicas)
-            shards = [list(range(len(ids)))[r::k] for r in range(k)]
+            shards = [list(range(len(ids)))[r::k] for r in range(k)]  # strided: replica r gets r, r+k, ...
             for (_, conn), shard in zip(self.replicas, shards):
-                conn.send(("generate", ([ids[i] for i in shard], n, params, shard[0] if shard else 0)))
+                conn.send(("generate", ([ids[i] for i in shard], n, params, shard)))
             raw = [None] * len(ids)
             for (_, conn), shard in zip(self.replicas, shards):
                 _, res = conn.recv()
@@ -168,10 +211,11 @@ class VLLMSampler:
 
     def reload(self, checkpoint) -> None:
         """Load a newer policy (a save_pretrained folder of the same architecture) in place."""
+        self._check_open()
         path = str(checkpoint)
+        check_checkpoint(path)
         if self.llm is not None:
-            self.llm.collective_rpc("reload_checkpoint", args=(path,))
-            self.llm.reset_prefix_cache()
+            _reload(self.llm, path)
         for _, conn in self.replicas:
             conn.send(("reload", path))
         for _, conn in self.replicas:
@@ -179,7 +223,20 @@ class VLLMSampler:
         self.path = path
 
     def close(self) -> None:
+        """Release the engine(s) and their GPU memory now, not at garbage collection. Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.llm is not None:
+            llm, self.llm = self.llm, None
+            _shutdown(llm)
+            del llm
         for proc, conn in self.replicas:
             conn.send(("stop", None))
-            proc.join(timeout=30)
+        for proc, conn in self.replicas:
+            proc.join(timeout=120)
+            if proc.is_alive():  # a replica that does not stop in time must not keep its GPUs
+                proc.terminate()
+                proc.join(timeout=30)
         self.replicas = []
+        _empty_cuda_cache()

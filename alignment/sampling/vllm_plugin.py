@@ -1,10 +1,17 @@
-"""vLLM out-of-tree registration of the in-repo architecture, and the worker-side weight reload.
+"""vLLM out-of-tree registration of the in-repo architecture.
 
-vLLM runs ``register()`` in every process it starts (engine core, each TP/PP worker) when the
-project is installed with this entry point (pyproject.toml)::
+vLLM runs ``register()`` in every process it starts when the project is installed with this entry
+point (pyproject.toml)::
 
     [project.entry-points."vllm.general_plugins"]
     yi_lightning = "alignment.sampling.vllm_plugin:register"
+
+(vLLM 0.26.0: ``vllm.plugins.load_general_plugins`` runs every function of that group, once per
+process, in the engine core (v1/engine/core.py) and in each worker (v1/worker/worker_base.py), and
+its docstring asks plugins to be safe to load several times: ``register()`` is idempotent.) The
+entry point exists only once the project is installed (``pip install -e .``); without it the
+engine's processes, which vLLM spawns, never learn our architecture, so ``check_entry_point()``
+refuses to start instead.
 
 ``register()`` does two things:
 1. imports ``alignment.model``, which registers ``model_type: yi_lightning`` with transformers'
@@ -17,10 +24,10 @@ project is installed with this entry point (pyproject.toml)::
    block has an ``experts`` module of 3D parameters whose ``forward(hidden_states, top_k_index,
    top_k_weights)``, and the base model sets ``_supports_attention_backend = True``.
 
-``CheckpointReloadExtension`` is passed to ``vllm.LLM(worker_extension_cls=...)`` so that
-``llm.collective_rpc("reload_checkpoint", args=(path,))`` loads a newer policy's safetensors into
-every worker in place (the pattern of vLLM's examples/offline_inference/rlhf_utils.py), without
-restarting the engine between online-DPO rounds.
+Only this registered path loads our model. ``model_impl: transformers`` cannot: vLLM's registry
+(model_executor/models/registry.py, ``_try_resolve_transformers``) looks the class up in the
+``transformers`` package (ours is not there) or through the config's ``auto_map``, which needs
+``trust_remote_code``; SamplerConfig refuses it.
 
 Not verified here (vLLM cannot be installed on these machines): that vLLM's Transformers backend
 runs this model end to end. Read from vLLM's source (vllm/model_executor/models/transformers/):
@@ -36,12 +43,17 @@ keyword that its attention function looks up by ``module.layer_idx``; the backbo
 
 from __future__ import annotations
 
+import os
+
 ARCHITECTURE = "YiLightningForCausalLM"
 VLLM_CLASS = "vllm.model_executor.models.transformers:TransformersMoEForCausalLM"
+PLUGIN_GROUP = "vllm.general_plugins"
+PLUGIN_NAME = "yi_lightning"
+PLUGIN_VALUE = "alignment.sampling.vllm_plugin:register"
 
 
 def register() -> None:
-    """Entry point of the ``vllm.general_plugins`` group (runs in every vLLM process)."""
+    """Entry point of the ``vllm.general_plugins`` group (runs in every vLLM process; idempotent)."""
     import alignment.model  # noqa: F401  (AutoConfig/AutoModel registration of yi_lightning)
     from vllm import ModelRegistry
 
@@ -50,25 +62,16 @@ def register() -> None:
         ModelRegistry.register_model(ARCHITECTURE, VLLM_CLASS)
 
 
-def iter_checkpoint_weights(path: str):
-    """(name, tensor) pairs of every ``*.safetensors`` file in a ``save_pretrained`` folder."""
-    from pathlib import Path
+def check_entry_point() -> None:
+    """Fail before vLLM starts if its worker processes would not load ``register()``."""
+    from importlib.metadata import entry_points
 
-    from safetensors.torch import safe_open
-
-    files = sorted(Path(path).glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"no *.safetensors in {path}: save the policy with save_pretrained(safe_serialization=True)")
-    for f in files:
-        with safe_open(str(f), framework="pt") as sf:
-            for name in sf.keys():
-                yield name, sf.get_tensor(name)
-
-
-class CheckpointReloadExtension:
-    """Mixed into vLLM's worker class (``worker_extension_cls``); ``self.model_runner`` is the
-    worker's. Each TP rank reads the full tensors and ``load_weights`` keeps its own shard."""
-
-    def reload_checkpoint(self, path: str) -> int:
-        loaded = self.model_runner.model.load_weights(weights=iter_checkpoint_weights(path))
-        return len(loaded) if loaded is not None else -1
+    if not any(ep.value == PLUGIN_VALUE for ep in entry_points(group=PLUGIN_GROUP)):
+        raise RuntimeError(
+            f"sampler backend 'vllm': the {PLUGIN_GROUP} entry point {PLUGIN_NAME} = {PLUGIN_VALUE} is not installed, "
+            "so vLLM's engine processes cannot load our architecture. Install the project (pip install -e . --no-deps), "
+            "or on a box without pip write a dist-info with that entry_points.txt onto PYTHONPATH (../shared/gpu/pack_vllm.sh)."
+        )
+    allowed = os.environ.get("VLLM_PLUGINS")
+    if allowed is not None and PLUGIN_NAME not in allowed.split(","):
+        raise RuntimeError(f"sampler backend 'vllm': VLLM_PLUGINS={allowed!r} leaves out our plugin {PLUGIN_NAME!r}; add it")

@@ -39,7 +39,7 @@ from omegaconf import MISSING
 
 from alignment.artifacts import atomic_write_json, atomic_write_jsonl
 from alignment.errors import ConfigError
-from alignment.sampling.base import SamplingParams
+from alignment.sampling.base import SamplingParams, close_sampler
 from alignment.stage import StageContext, StageResult
 from alignment.stats import accuracy_ci, mcnemar
 from alignment.tasks.format import plain_render
@@ -269,7 +269,11 @@ def run(cfg: EvalConfig, ctx: StageContext) -> StageResult:
     for name in names:
         model_path = str(ctx.input(name, "model"))
         sampler, render = _build_policy(model_path, cfg, cfg.device or ctx.device)
-        m, r = evaluate_sampler(sampler, render, sets, cfg, prefix="" if single else name)
+        try:
+            m, r = evaluate_sampler(sampler, render, sets, cfg, prefix="" if single else name)
+        finally:
+            close_sampler(sampler)  # a vLLM engine holds the card until closed; the next checkpoint needs it
+        del sampler
         metrics.update(m)
         rows.extend(r)
     if not single:

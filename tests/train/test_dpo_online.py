@@ -101,12 +101,14 @@ def test_two_online_rounds_on_tiny_model(tmp_path, tiny_tokenizer, monkeypatch):
             {"id": "c2", "prompt": "Name a colour."}]
     prompt_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
-    sampled_from = []
+    sampled_from, closed = [], []
     real_build = alignment.sampling.build_sampler
 
     def recording_build(cfg, path, **kw):
         sampled_from.append(Path(path))
-        return real_build(cfg, path, **kw)
+        sampler = real_build(cfg, path, **kw)
+        sampler.close = lambda: closed.append(Path(path))  # stands in for a vLLM engine's close()
+        return sampler
 
     monkeypatch.setattr(alignment.sampling, "build_sampler", recording_build)
 
@@ -115,6 +117,7 @@ def test_two_online_rounds_on_tiny_model(tmp_path, tiny_tokenizer, monkeypatch):
     ctx1 = _ctx(tmp_path, "dpo_r1", policy)
     res1 = online_dpo.run(_cfg(prompt_file), ctx1)
     assert sampled_from == [policy]
+    assert closed == [policy], "the round closes its sampler before the reward model loads"
 
     pairs = [json.loads(line) for line in (ctx1.stage_dir / res1.outputs["pairs"]).read_text().splitlines()]
     assert pairs, "a round on 4 prompts x 4 samples must keep at least one pair"

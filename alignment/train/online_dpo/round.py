@@ -27,7 +27,7 @@ import torch
 from alignment.artifacts import atomic_replace_dir, atomic_write_json, atomic_write_jsonl, drop_timings, read_jsonl
 from alignment.errors import ConfigError, DataError
 from alignment.safety import GuardedSampler, SafetyFilter
-from alignment.sampling import Prompt, Sampler, SamplingParams
+from alignment.sampling import Prompt, Sampler, SamplingParams, close_sampler
 from alignment.sampling.tokens import encode_prompts
 from alignment.stage import StageContext, StageResult
 from alignment.train.dpo import load_policy, train_dpo
@@ -86,7 +86,9 @@ def run_round(
             metrics["guard_events"] = len(sampler.events)
             metrics.update(sampler.summary())
             sampler.write_log(rdir / "guard_events.jsonl")
-        # Drop the sampler (and the policy copy it holds) before the reward model loads.
+        # Drop the sampler (and the policy copy it holds) before the reward model loads; close() frees
+        # a vLLM engine now (garbage collection may come after the next model is on the card).
+        close_sampler(sampler)
         del sampler
         free_accelerator_memory()
         metrics["sample_s"] = time.perf_counter() - t0

@@ -188,7 +188,8 @@ def sft_loss(
         denom = num_items_in_batch if num_items_in_batch is not None else mask.sum()
         ce = nll.sum() / torch.as_tensor(denom, device=nll.device).clamp(min=1)
     aux = outputs.aux_loss if outputs.aux_loss is not None else ce.new_zeros(())
-    return add_aux_loss(ce, outputs.aux_loss), outputs, {"ce": ce.detach(), "aux": aux.detach(), "tokens": mask.sum()}
+    # parts["ce"] stays in the graph: compute_loss rescales the CE term through it (world size, accumulation)
+    return add_aux_loss(ce, outputs.aux_loss), outputs, {"ce": ce, "aux": aux.detach(), "tokens": mask.sum()}
 
 
 class MoESFTTrainer(MoEAuxLossMixin, SFTTrainer):
@@ -230,7 +231,7 @@ class MoESFTTrainer(MoEAuxLossMixin, SFTTrainer):
             else:
                 loss = parts["ce"] + (loss - parts["ce"]) / steps
         if model.training:
-            self.log_moe("ce_loss", parts["ce"], True)
+            self.log_moe("ce_loss", parts["ce"].detach(), True)
             self.log_moe(self.aux_log_key, parts["aux"], True)
             self.log_moe("loss_tokens", parts["tokens"], True)
             for k, v in router_balance(outputs.router_stats or {}).items():

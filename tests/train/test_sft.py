@@ -61,6 +61,45 @@ def test_packed_loss_equals_unpacked_and_per_sample_alone(tiny_model, tiny_token
     assert sft.sft_loss(model, leaky, weighting)[2]["ce"].item() != pytest.approx(parts_packed["ce"].item(), rel=1e-4)
 
 
+@pytest.mark.parametrize("weighting, world", [("token", 1), ("token", 2), ("sample", 1)])
+def test_compute_loss_gradient_scaling(tiny_model, tiny_tokenizer, weighting, world):
+    # With gradient accumulation (2 micro-steps) and, for token weighting, the Trainer's token count over
+    # the whole step: the CE gradient must be the full token-mean's (token) or a 1/steps share (sample),
+    # times the world size under token averaging across ranks (DDP then averages it back). The trainer's
+    # own state is a stand-in: only compute_loss is under test.
+    from types import SimpleNamespace
+
+    examples = _examples(tiny_tokenizer)
+    batch = DataCollatorForLanguageModeling(pad_token_id=tiny_tokenizer.pad_token_id, padding_free=True)(examples)
+    n_items = int((batch["labels"][:, 1:] != -100).sum()) * 3  # this micro-batch holds a third of the step's tokens
+    trainer = SimpleNamespace(
+        fused_ce=False, loss_weighting=weighting, model_accepts_loss_kwargs=True, current_gradient_accumulation_steps=2,
+        accelerator=SimpleNamespace(num_processes=world), args=SimpleNamespace(average_tokens_across_devices=True),
+        aux_log_key="aux_loss", log_moe=lambda *a: None)
+    tiny_model.train()
+
+    def grads(loss):
+        tiny_model.zero_grad(set_to_none=True)
+        loss.backward()
+        return torch.cat([p.grad.flatten() for p in tiny_model.parameters() if p.grad is not None])
+
+    got = grads(sft.MoESFTTrainer.compute_loss(trainer, tiny_model, batch, num_items_in_batch=n_items))
+    # the reference, from the model's outputs directly (not through sft_loss)
+    out = tiny_model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)
+    labels = batch["labels"][0, 1:]
+    nll = torch.nn.functional.cross_entropy(out.logits[0, :-1], labels.clamp(min=0), reduction="none")
+    mask = labels != -100
+    if weighting == "token":
+        ce = nll[mask].sum() / n_items * world
+    else:
+        sample_of = torch.cumsum(batch["position_ids"][0] == 0, 0)[1:]
+        ce = torch.stack([nll[mask & (sample_of == i)].mean() for i in sample_of.unique()]).mean() / 2
+    aux = sft.add_aux_loss(torch.zeros(()), out.aux_loss)
+    assert aux.requires_grad  # the tiny MoE has a balance loss: its 1/steps share is checked too
+    want = grads(ce + aux / 2)
+    assert torch.allclose(got, want, rtol=1e-4, atol=1e-7)
+
+
 def test_sample_and_token_weighting_formulas(tiny_model, tiny_tokenizer):
     examples = _examples(tiny_tokenizer)
     batch = DataCollatorForLanguageModeling(pad_token_id=tiny_tokenizer.pad_token_id, padding_free=True)(examples)

@@ -39,10 +39,10 @@ class LengthScorer:
         return [0.1 * len(r) for r in responses]
 
 
-def _overrides(run_dir, policy, rm):
+def _overrides(run_dir, policy, rm, device):
     s = "stage.dpo_r1"
     return [
-        f"run_dir={run_dir}", "stages=[dpo_r1]", "device=cpu",
+        f"run_dir={run_dir}", "stages=[dpo_r1]", f"device={device}",
         f"{s}.inputs.policy={policy}", f"{s}.inputs.reward={rm}",
         f"{s}.scorer._target_={__name__}.LengthScorer",
         f"{s}.prompts.problems=[{{source: templates, n: 7, seed: 3}}]",  # odd: the ranks' shares differ
@@ -52,24 +52,40 @@ def _overrides(run_dir, policy, rm):
 
 
 def test_online_dpo_round_on_two_cpu_ranks(tmp_path, tiny_model, tiny_tokenizer, capfd):
+    check_two_rank_round(tmp_path, tiny_model, tiny_tokenizer, capfd, accelerate="cpu_ddp", device="cpu")
+
+
+def check_two_rank_round(tmp_path, model, tokenizer, capfd, accelerate: str, device: str, exact: bool = True):
+    """Run dpo_r1 on 2 ranks and in 1 process and check the invariants of the module docstring.
+
+    ``exact=False`` (GPUs: the fused MoE's atomic adds may flip a draw between two runs) skips the
+    sample-for-sample comparison with the 1-process run and keeps the rest."""
     policy, rm = tmp_path / "policy", tmp_path / "rm"
-    tiny_model.save_pretrained(policy)
-    tiny_tokenizer.save_pretrained(policy)
+    model.save_pretrained(policy)
+    tokenizer.save_pretrained(policy)
     rm.mkdir()
     (rm / "README").write_text("stand-in: the scorer is scripted")
 
     run2 = tmp_path / "ranks2"
-    stages = run_pipeline(compose(_overrides(run2, policy, rm) + ["stage.dpo_r1.accelerate=cpu_ddp",
-                                                                   "stage.dpo_r1.num_processes=2"]))
+    stages = run_pipeline(compose(_overrides(run2, policy, rm, device) + [f"stage.dpo_r1.accelerate={accelerate}",
+                                                                           "stage.dpo_r1.num_processes=2"]))
     out = capfd.readouterr().out
-    assert "--nproc_per_node=2" in out  # launch.py started two ranks
+    if accelerate == "cpu_ddp":
+        assert "--nproc_per_node=2" in out  # launch.py started two ranks
     assert stages["dpo_r1"]["status"] == "completed"
     assert Manifest(run2).stages["dpo_r1"]["status"] == "completed"
     # rank 0 alone published the model, once
     assert out.count("rank 0 of 2 published") == 1, out[-3000:]
 
+    # ---- the DPO step trained under the launch and rank 0 published it
+    before = load_file(policy / "model.safetensors")
+    after = load_file(run2 / "dpo_r1" / "round1" / "model" / "model.safetensors")
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert len(changed) > len(before) // 2, changed
+    assert stages["dpo_r1"]["metrics"]["dpo_steps"] == 2
+
     run1 = tmp_path / "ranks1"
-    stages1 = run_pipeline(compose(_overrides(run1, policy, rm) + ["stage.dpo_r1.prompt_seeds=true"]))
+    stages1 = run_pipeline(compose(_overrides(run1, policy, rm, device) + ["stage.dpo_r1.prompt_seeds=true"]))
     assert stages1["dpo_r1"]["status"] == "completed"
 
     r2, r1 = run2 / "dpo_r1" / "round1", run1 / "dpo_r1" / "round1"
@@ -106,6 +122,8 @@ def test_online_dpo_round_on_two_cpu_ranks(tmp_path, tiny_model, tiny_tokenizer,
 
     # ---- the same samples and pairs as one process with the same per-prompt seeds
     assert [c["id"] for c in cands1] == ids
+    if not exact:
+        return
     for a, b in zip(cands2, cands1):
         assert a["prompt"] == b["prompt"]
         for sa, sb in zip(a["samples"], b["samples"], strict=True):
@@ -113,12 +131,6 @@ def test_online_dpo_round_on_two_cpu_ranks(tmp_path, tiny_model, tiny_tokenizer,
             assert sa["logprob_sum"] == pytest.approx(sb["logprob_sum"], abs=1e-4)
     pairs2, pairs1 = read_jsonl(r2 / "pairs.jsonl"), read_jsonl(r1 / "pairs.jsonl")
     assert pairs2 and pairs2 == pairs1
-
-    # ---- the DPO step trained under the launch and rank 0 published it
-    before, after = load_file(policy / "model.safetensors"), load_file(r2 / "model" / "model.safetensors")
-    changed = [k for k in before if not torch.equal(before[k], after[k])]
-    assert len(changed) > len(before) // 2, changed
-    assert stages["dpo_r1"]["metrics"]["dpo_steps"] == 2
 
 
 def test_prompt_seeds_are_distinct_per_prompt():

@@ -7,6 +7,7 @@ The stage entry (:func:`run`, ``_target_: alignment.train.online_dpo.run``) and 
     config.py    OnlineDPOConfig, PromptsConfig, FrontierSpec: the schema of the recipe
     rollout.py   the prompt pool, sampling candidates, the frontier probe, scores and verdicts
     round.py     run_round (sample, score, pair, DPO, KL) and run_rounds (the loop, its resume)
+    shard.py     N ranks: strided prompt shards, per-prompt seeds, gathering rows in pool order
     card.py      the data card of pairs.jsonl
     ../pair_rule.py   best vs worst per prompt (ties and gaps), shared with the reward model's curation
 
@@ -33,6 +34,13 @@ prompts whose rate lies in ``[min_pass, max_pass]`` go on (at most ``frontier.pr
 policy always solves or never solves gives no verifier pair, so the round's samples go where the
 policy can still learn.
 
+On N ranks (``stage.dpo_r1.accelerate=cpu_ddp stage.dpo_r1.num_processes=2``, or ``ddp`` on GPUs;
+CPU-verified only): each rank samples, scores and verifies every N-th prompt (the frontier probe
+too), each prompt seeded from the round's seed and its pool index; the rows are gathered to every
+rank in pool order, every rank builds the same pairs, the DPO step runs under DDP, and rank 0 alone
+writes ``candidates.jsonl``, ``pairs.jsonl``, ``shards.json`` (who sampled what) and the model
+(shard.py; tests/multigpu/test_online_dpo_ranks.py).
+
 Tests call :func:`run_rounds` with in-process factories instead (tests/train/test_dpo_online.py).
 
 Run as a pipeline stage (recipes/stage/online_dpo.yaml, mounted as dpo_r1 and dpo_r2)::
@@ -53,9 +61,10 @@ from alignment.train.online_dpo.config import FrontierSpec, OnlineDPOConfig, Pro
 from alignment.train.online_dpo.rollout import (PromptItem, VerifierPool, free_accelerator_memory, load_prompts,
                                                 select_frontier, to_prompt_item)
 from alignment.train.online_dpo.round import run_round, run_rounds
+from alignment.train.online_dpo.shard import Shard, prompt_seed
 
-__all__ = ["FrontierSpec", "OnlineDPOConfig", "PromptItem", "PromptsConfig", "free_accelerator_memory", "load_prompts",
-           "run", "run_round", "run_rounds", "select_frontier", "to_prompt_item"]
+__all__ = ["FrontierSpec", "OnlineDPOConfig", "PromptItem", "PromptsConfig", "Shard", "free_accelerator_memory",
+           "load_prompts", "prompt_seed", "run", "run_round", "run_rounds", "select_frontier", "to_prompt_item"]
 
 
 def run(cfg: OnlineDPOConfig, ctx: StageContext) -> StageResult:

@@ -83,6 +83,11 @@ class OnlineDPOConfig:
         logprob_batch_size (`int`, *optional*, defaults to `16`): sequences per forward for the KL
             estimate.
         seed (`int | None`, *optional*): sampling/pairing seed; the recipe's seed when None.
+        prompt_seeds (`bool | None`, *optional*): sample each prompt in its own call, seeded from the
+            round's seed and the prompt's index in the pool (online_dpo/shard.py). None = on under a
+            launch of N > 1 ranks (where it is required: the samples then do not depend on N) and
+            off in one process (one seeded call over all prompts, better batched); true in one
+            process reproduces the samples of any N-rank run.
         safety (`SafetyConfig`, *optional*): RAISE switches (``${safety}``): with ``enabled``, the
             sampler is wrapped in input/output guards and guard-flagged candidates are never chosen.
     """
@@ -105,4 +110,5 @@ class OnlineDPOConfig:
     kl_samples: int = 256
     logprob_batch_size: int = 16
     seed: int | None = None
+    prompt_seeds: bool | None = None
     safety: SafetyConfig = field(default_factory=SafetyConfig)

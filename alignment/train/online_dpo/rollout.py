@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import gc
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable, Mapping, Sequence
@@ -26,6 +26,7 @@ from alignment.stage import StageContext
 from alignment.tasks.format import task_message
 from alignment.tasks.problems import training_problems
 from alignment.train.online_dpo.config import FrontierSpec, PromptsConfig
+from alignment.train.online_dpo.shard import Shard, prompt_seed
 
 # --------------------------------------------------------------------------- prompts
 
@@ -131,9 +132,22 @@ class VerifierPool:
         return None if verdict.error_kind else bool(verdict.passed)
 
 
-def generate_candidates(sampler: Sampler, items: Sequence[PromptItem], n: int, params: SamplingParams):
-    """``n`` samples per prompt, checked for shape (a backend returning fewer would skew the pairs)."""
-    groups = sampler.generate([it.prompt for it in items], n, params)
+def generate_candidates(sampler: Sampler, items: Sequence[PromptItem], n: int, params: SamplingParams,
+                        seeds: Sequence[int] | None = None):
+    """``n`` samples per prompt, checked for shape (a backend returning fewer would skew the pairs).
+
+    ``seeds`` (one per item): each prompt is sampled in a call of its own, seeded with its seed. A
+    prompt's samples then depend on nothing but the prompt and its seed: in one call the native
+    sampler draws every prompt from one generator, and the batch a prompt lands in (its batch
+    mates, their padding) moves that stream, so only per-prompt calls let N ranks reproduce one
+    process. The price is batching across prompts (each call is one prompt's ``n`` rows).
+    """
+    if seeds is None:
+        groups = sampler.generate([it.prompt for it in items], n, params)
+    else:
+        if len(seeds) != len(items):
+            raise ValueError(f"{len(seeds)} seeds for {len(items)} prompts")
+        groups = [g for it, s in zip(items, seeds) for g in sampler.generate([it.prompt], n, replace(params, seed=s))]
     if len(groups) != len(items) or any(len(g) != n for g in groups):
         raise RuntimeError(f"sampler returned {[len(g) for g in groups]} samples for {len(items)} prompts x n={n}")
     return groups
@@ -193,24 +207,32 @@ def select_frontier(
     spec: FrontierSpec,
     params: SamplingParams,
     verify: Callable[[PromptItem, str], bool | None] | None,
+    shard: Shard = Shard(),
+    prompt_seeds: bool = False,
 ) -> tuple[list[PromptItem], dict[str, float]]:
     """The pool's prompts whose probe pass rate lies in ``[min_pass, max_pass]`` (pool order, at most
-    ``spec.prompts``); prompts without a verifier (no known answer) are kept as they are."""
+    ``spec.prompts``); prompts without a verifier (no known answer) are kept as they are.
+
+    On N ranks (``shard``) each rank probes its strided share of the pool and the pass rates are
+    gathered, so every rank keeps the same prompts; ``prompt_seeds`` seeds each probed prompt from
+    ``params.seed`` and its pool index (see :func:`generate_candidates`)."""
     if spec.probe_samples < 1 or not 0.0 <= spec.min_pass <= spec.max_pass <= 1.0:
         raise ConfigError(f"frontier: need probe_samples >= 1 and 0 <= min_pass <= max_pass <= 1, got {spec}")
     if verify is None:
         return list(items), {"frontier_pool": len(items), "frontier_kept": len(items)}
-    probed = [it for it in items if it.problem is not None]
-    groups = generate_candidates(sampler, probed, spec.probe_samples, params) if probed else []
-    rates: dict[int, float | None] = {}
-    for it, group in zip(probed, groups):
-        verdicts = [v for v in (verify(it, s.text) for s in group) if v is not None]
-        rates[id(it)] = sum(verdicts) / len(verdicts) if verdicts else None
-    kept = [it for it in items if it.problem is None or rates[id(it)] is None
-            or spec.min_pass <= rates[id(it)] <= spec.max_pass]
+    mine = [i for i in shard.indices(len(items)) if items[i].problem is not None]
+    seeds = [prompt_seed(params.seed, i) for i in mine] if prompt_seeds else None
+    groups = generate_candidates(sampler, [items[i] for i in mine], spec.probe_samples, params, seeds) if mine else []
+    local: list[tuple[int, float | None]] = [(i, None) for i in shard.indices(len(items))]
+    for (i, group) in zip(mine, groups):
+        verdicts = [v for v in (verify(items[i], s.text) for s in group) if v is not None]
+        local[(i - shard.rank) // shard.world] = (i, sum(verdicts) / len(verdicts) if verdicts else None)
+    rates = shard.gather_indexed(local, len(items))
+    kept = [it for it, rate in zip(items, rates) if it.problem is None or rate is None
+            or spec.min_pass <= rate <= spec.max_pass]
     if spec.prompts is not None:
         kept = kept[: spec.prompts]
-    known = [r for r in rates.values() if r is not None]
+    known = [r for it, r in zip(items, rates) if it.problem is not None and r is not None]
     return kept, {
         "frontier_pool": len(items),
         "frontier_kept": len(kept),

@@ -36,6 +36,7 @@ from alignment.train.online_dpo.card import write_pairs_card
 from alignment.train.online_dpo.config import OnlineDPOConfig
 from alignment.train.online_dpo.rollout import (PromptItem, candidate_metrics, free_accelerator_memory,
                                                 generate_candidates, score_candidates, select_frontier)
+from alignment.train.online_dpo.shard import Shard, current, prompt_seed
 from alignment.train.pair_rule import Candidate, Drop, PairRule, PairStats, select_pair
 
 HEADLINE = ("pairs", "rm_score_mean", "rm_score_max", "verifier_pass_rate", "dpo_post_reward_accuracy",
@@ -57,15 +58,23 @@ def run_round(
     make_scorer: Callable[[], Any],
     verify: Callable[[PromptItem, str], bool | None] | None,
     seed: int,
+    shard: Shard | None = None,
+    prompt_seeds: bool = False,
 ) -> tuple[dict, list[dict], Path]:
-    """One round: returns (metrics, pair rows, the new policy folder)."""
+    """One round: returns (metrics, pair rows, the new policy folder).
+
+    On N ranks (``shard``; online_dpo/shard.py) each rank samples, scores and verifies its strided
+    share of the prompts, every rank receives all rows in pool order and builds the same pairs,
+    the DPO step trains under the launch (DDP), and rank 0 alone writes files and the model.
+    """
+    shard = current() if shard is None else shard
     rdir = ctx.stage_dir / f"round{round_idx}"
     rdir.mkdir(parents=True, exist_ok=True)
     metrics: dict[str, Any] = {"round": round_idx, "policy_in": str(policy_dir)}
 
     # ---- sample + score (reused when a crashed round is resumed)
     cand_file = rdir / "candidates.jsonl"
-    if cand_file.is_file():
+    if shard.broadcast(cand_file.is_file()):  # rank 0's view: every rank takes the same branch
         rows = read_jsonl(cand_file, max_bytes=0)  # our own file: its rows hold every sample of a prompt
     else:
         params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
@@ -75,32 +84,48 @@ def run_round(
         if cfg.frontier.enabled:
             probe = SamplingParams(max_new_tokens=cfg.frontier.max_new_tokens or cfg.max_new_tokens, temperature=cfg.temperature,
                                    top_p=cfg.top_p, stop=list(cfg.stop), seed=params.seed + 1)
-            items, frontier = select_frontier(sampler, items, cfg.frontier, probe, verify)
+            pool = items
+            items, frontier = select_frontier(sampler, pool, cfg.frontier, probe, verify, shard, prompt_seeds)
             metrics.update(frontier)
             metrics["probe_s"] = time.perf_counter() - t0
             if not items:
                 raise DataError(f"round {round_idx}: no prompt of the pool is on the policy's frontier "
                                 f"(pass rate in [{cfg.frontier.min_pass}, {cfg.frontier.max_pass}]): {frontier}")
-        groups = generate_candidates(sampler, items, cfg.n_samples, params)
-        if isinstance(sampler, GuardedSampler):  # safety.enabled: keep the guard events
+        mine = shard.indices(len(items))
+        seeds = [prompt_seed(params.seed, i) for i in mine] if prompt_seeds else None
+        groups = generate_candidates(sampler, [items[i] for i in mine], cfg.n_samples, params, seeds)
+        if shard.world > 1:  # who sampled what, with which seeds (tests/multigpu/test_online_dpo_ranks.py)
+            probed = [] if not cfg.frontier.enabled or verify is None else [
+                i for i in shard.indices(len(pool)) if pool[i].problem is not None]
+            record = {"rank": shard.rank, "sampled": [items[i].id for i in mine], "seeds": seeds,
+                      "probed": [pool[i].id for i in probed], "probe_seeds": [prompt_seed(probe.seed, i) for i in probed]}
+            records = [r for part in shard.gather([record]) for r in part]
+            if shard.is_main:
+                atomic_write_json(rdir / "shards.json", {"world": shard.world, "ranks": records})
+        if isinstance(sampler, GuardedSampler):  # safety.enabled: keep the guard events (every rank's)
+            sampler.events = [e for part in shard.gather(sampler.events) for e in part]
             metrics["guard_events"] = len(sampler.events)
             metrics.update(sampler.summary())
-            sampler.write_log(rdir / "guard_events.jsonl")
+            if shard.is_main:
+                sampler.write_log(rdir / "guard_events.jsonl")
         # Drop the sampler (and the policy copy it holds) before the reward model loads; close() frees
         # a vLLM engine now (garbage collection may come after the next model is on the card).
         close_sampler(sampler)
         del sampler
         free_accelerator_memory()
         metrics["sample_s"] = time.perf_counter() - t0
-        rows, timings = score_candidates(items, groups, make_scorer, verify)
+        rows, timings = score_candidates([items[i] for i in mine], groups, make_scorer, verify)
         if cfg.safety.enabled:
             flt = SafetyFilter(cfg.safety)
             for r in rows:
                 for smp in r["samples"]:
                     smp["unsafe"] = bool(flt.check(smp["text"])) or smp["finish_reason"] == "guard"
+        rows = shard.gather_indexed(list(zip(mine, rows)), len(items))  # every rank, pool order
+        if cfg.safety.enabled:
             metrics["unsafe_samples"] = sum(smp["unsafe"] for r in rows for smp in r["samples"])
-        metrics.update(timings)
-        atomic_write_jsonl(cand_file, rows)
+        metrics.update(timings)  # rank 0's wall times
+        if shard.is_main:
+            atomic_write_jsonl(cand_file, rows)
     metrics.update(candidate_metrics(rows))
 
     # ---- pairs
@@ -108,16 +133,19 @@ def run_round(
     metrics.update(stats.as_metrics())
     if "frontier_pool" in metrics:  # the share of the whole pool, probe included, that gave a pair
         metrics["pairs_per_pool_prompt"] = metrics["pairs"] / max(metrics["frontier_pool"], 1)
-    atomic_write_jsonl(rdir / "pairs.jsonl", pairs)
+    if shard.is_main:  # every rank built the same pairs from the same rows and seed
+        atomic_write_jsonl(rdir / "pairs.jsonl", pairs)
 
     # ---- DPO (the policy is loaded only now: the sampler and the scorer are gone)
     out_dir = rdir / "model"
     if not pairs:
         # Nothing to learn from (all ties / all failed): the policy carries over unchanged.
-        tmp = rdir / ".tmp-model"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(policy_dir, tmp)
-        atomic_replace_dir(tmp, out_dir)
+        if shard.is_main:
+            tmp = rdir / ".tmp-model"
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(policy_dir, tmp)
+            atomic_replace_dir(tmp, out_dir)
+        shard.barrier()  # the next round's sampler, on every rank, reads out_dir
         metrics["dpo_skipped"] = 1
         return metrics, pairs, out_dir
     model, tokenizer = load_policy(policy_dir, ctx.device, cfg.train.model_dtype)
@@ -143,11 +171,16 @@ def run_round(
     if n_kl:
         metrics.update(kl_metrics(ref_logps[:n_kl], policy_logps[:n_kl]))
     metrics.update(post_round_dpo_metrics(ref_logps[n_kl:], policy_logps[n_kl:], n_pairs, cfg.train.beta))
-    tmp = rdir / ".tmp-model"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    atomic_replace_dir(tmp, out_dir)
+    # Under DDP every rank holds the same trained weights; rank 0 publishes them.
+    if shard.is_main:
+        tmp = rdir / ".tmp-model"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        atomic_replace_dir(tmp, out_dir)
+        if shard.world > 1:
+            print(f"[{ctx.name}] round {round_idx}: rank 0 of {shard.world} published {out_dir}", flush=True)
+    shard.barrier()  # the next round's sampler, on every rank, reads out_dir
     del model
     free_accelerator_memory()
     return metrics, pairs, out_dir
@@ -166,30 +199,40 @@ def run_rounds(
     if cfg.rounds < 1 or cfg.n_samples < 2:
         raise ConfigError(f"online DPO needs rounds >= 1 and n_samples >= 2, got {cfg.rounds} and {cfg.n_samples}")
     seed = ctx.seed if cfg.seed is None else cfg.seed
+    shard = current()
+    prompt_seeds = shard.world > 1 if cfg.prompt_seeds is None else cfg.prompt_seeds
+    if shard.world > 1 and not prompt_seeds:
+        raise ConfigError(f"prompt_seeds: false cannot run on {shard.world} ranks: each rank would draw its share "
+                          "from one stream, so the samples would depend on the rank count; leave it null")
     policy_dir = Path(policy_dir)
     all_pairs, per_round = [], []
     for k in range(1, cfg.rounds + 1):
         rdir = ctx.stage_dir / f"round{k}"
         done = rdir / "metrics.json"
-        if done.is_file() and (rdir / "model" / "config.json").is_file():
+        if shard.broadcast(done.is_file() and (rdir / "model" / "config.json").is_file()):
             per_round.append(json.loads(done.read_text(encoding="utf-8")))
             all_pairs.extend(read_jsonl(rdir / "pairs.jsonl", max_bytes=0))
             policy_dir = rdir / "model"
             continue
         started = time.perf_counter()
-        metrics, pairs, policy_dir = run_round(cfg, ctx, k, policy_dir, items, make_sampler, make_scorer, verify, seed)
+        metrics, pairs, policy_dir = run_round(cfg, ctx, k, policy_dir, items, make_sampler, make_scorer, verify, seed,
+                                               shard, prompt_seeds)
         metrics["round_s"] = round(time.perf_counter() - started, 3)
-        atomic_write_json(done, metrics)  # the round's commit point
-        # Its trainer checkpoints (and reference cache) only served a resume of this round.
-        shutil.rmtree(ctx.checkpoint_dir / f"round{k}", ignore_errors=True)
+        if shard.is_main:
+            atomic_write_json(done, metrics)  # the round's commit point
+            # Its trainer checkpoints (and reference cache) only served a resume of this round.
+            shutil.rmtree(ctx.checkpoint_dir / f"round{k}", ignore_errors=True)
+        shard.barrier()
         per_round.append(metrics)
         all_pairs.extend(pairs)
-        print(f"[{ctx.name}] round {k}: {metrics['pairs']} pairs from {metrics['prompts']} prompts, "
+        if shard.is_main:
+            print(f"[{ctx.name}] round {k}: {metrics['pairs']} pairs from {metrics['prompts']} prompts, "
               f"rm mean {metrics['rm_score_mean']:.3f}, dpo acc {metrics.get('dpo_post_reward_accuracy', float('nan')):.2f}, "
               f"{metrics['round_s']:.1f}s")
 
-    atomic_write_jsonl(ctx.stage_dir / "pairs.jsonl", all_pairs)
-    write_pairs_card(ctx, cfg, per_round, seed)
+    if shard.is_main:
+        atomic_write_jsonl(ctx.stage_dir / "pairs.jsonl", all_pairs)
+        write_pairs_card(ctx, cfg, per_round, seed)
     # Headline numbers first: the pipeline's stage table shows the first few.
     last = per_round[-1]
     flat = {k: last[k] for k in HEADLINE if k in last}
@@ -199,7 +242,8 @@ def run_rounds(
             flat.update({f"r{m['round']}/{k}": v for k, v in m.items() if isinstance(v, (int, float)) and k != "round"})
     flat["rounds"] = cfg.rounds
     # no wall times in the published file: its hash is part of the next stage's input hash
-    atomic_write_json(ctx.stage_dir / "metrics.json", {"config": asdict(cfg), "rounds": drop_timings(per_round)})
+    if shard.is_main:
+        atomic_write_json(ctx.stage_dir / "metrics.json", {"config": asdict(cfg), "rounds": drop_timings(per_round)})
     outputs = {"model": str(policy_dir.relative_to(ctx.stage_dir)), "pairs": "pairs.jsonl",
                "pairs_card": "pairs.card.md", "metrics": "metrics.json"}
     return StageResult(outputs=outputs, metrics=flat)

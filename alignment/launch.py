@@ -32,7 +32,7 @@ import alignment  # noqa: F401  registers the model with the Auto classes
 from alignment.artifacts import Manifest, atomic_write_json, row_limit
 from alignment.errors import UserError
 from alignment.pipeline import RESULT_FILE, RootConfig, _resolve_inputs, plan, resolve_device
-from alignment.stage import StageContext
+from alignment.stage_contract import StageContext
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -47,7 +47,7 @@ from alignment.artifacts import Manifest, apply_umask, atomic_write_text, config
 from alignment.errors import ConfigError, DataError, UserError, one_line
 from alignment.paths import RECIPES_DIR
 from alignment.report import format_metrics, stage_table, write_report
-from alignment.stage import InputArtifact, StageContext, StageResult
+from alignment.stage_contract import InputArtifact, StageContext, StageResult
 from alignment.train.args import RENAMED_KEYS
 
 ACCELERATE_DIR = RECIPES_DIR / "accelerate"

@@ -85,7 +85,7 @@ def main() -> None:
     ap.add_argument("--backend", default="native")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--children", type=int, default=4)
-    ap.add_argument("--batch", type=int, default=8, help="problems searched in lockstep (synth.stage batch_problems)")
+    ap.add_argument("--batch", type=int, default=8, help="problems searched in lockstep (synth.runner batch_problems)")
     ap.add_argument("--simulations", type=int, default=4)
     ap.add_argument("--step-tokens", type=int, default=32)
     ap.add_argument("--rollout-tokens", type=int, default=64)

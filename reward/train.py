@@ -1,6 +1,6 @@
 """Bradley-Terry reward-model training through TRL's ``RewardTrainer``: one phase at a time.
 
-The Yi-Lightning recipe trains its reward model in two phases (reward/stage.py chains them):
+The Yi-Lightning recipe trains its reward model in two phases (reward/runner.py chains them):
 
 1. preference-model pre-training on broad pairs (every pair as is);
 2. fine-tuning on curated pairs (per prompt the highest- vs the lowest-scored answer, small gaps

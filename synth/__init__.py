@@ -1,7 +1,7 @@
 """synth: synthetic math/code data by search over solution steps, kept where verifiers accept.
 
     search/     MCTS (PUCT) and DFS over steps proposed by any Sampler; lockstep batching
-    stage.py    the `synth` stage runner (SFT records, preference pairs, process labels + cards)
+    runner.py   the `synth` stage runner (SFT records, preference pairs, process labels + cards)
     outputs.py  the stage's files and their data cards
     cli.py      `yialign-synth` (Hydra, recipes/synth/)
 

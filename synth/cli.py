@@ -9,7 +9,7 @@ Run as (Hydra; recipes live in recipes/synth/):
     python -m synth ...                                      # the same without the console script
 
 A recipe has ``name``, ``out_dir``, ``device``, ``seed`` and a ``job`` block that is a stage
-block: ``_target_`` (``synth.stage.run`` or ``alignment.tasks.evaluate.run``), ``inputs`` (input name ->
+block: ``_target_`` (``synth.runner.run`` or ``alignment.tasks.evaluate.run``), ``inputs`` (input name ->
 checkpoint folder) and the runner's fields, validated against its dataclass (an unknown key
 fails naming it). Rerunning the same recipe resumes: finished problems are not redone, and
 the same seed and config give byte-identical files.
@@ -30,7 +30,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from alignment.artifacts import atomic_write_json
 from alignment.paths import RECIPES_DIR
-from alignment.stage import InputArtifact, StageContext
+from alignment.stage_contract import InputArtifact, StageContext
 
 
 def _runner(target: str):
@@ -54,7 +54,7 @@ def run_job(cfg: DictConfig) -> dict:
     plain = OmegaConf.to_container(cfg.job, resolve=True)
     target = plain.pop("_target_", None)
     if target is None:
-        raise SystemExit("job: missing '_target_' (synth.stage.run or alignment.tasks.evaluate.run)")
+        raise SystemExit("job: missing '_target_' (synth.runner.run or alignment.tasks.evaluate.run)")
     inputs = {str(k): str(v) for k, v in (plain.pop("inputs", None) or {}).items()}
     missing = [k for k, v in inputs.items() if v in ("", "???", "None")]
     if missing:

@@ -1,6 +1,6 @@
 """From search results to datasets: SFT records, preference pairs, process labels, data cards.
 
-Per problem (a result dict written by ``synth.stage``):
+Per problem (a result dict written by ``synth.runner``):
 - SFT: up to ``max_sft`` distinct verified responses, best first (score desc, then
   shorter, then text) as ``{"messages": [user, assistant], ...}`` rows (TRL conversational);
 - pairs: the best vs the worst verified response when the best passed and the score gap is

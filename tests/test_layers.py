@@ -19,7 +19,7 @@ PACKAGES = ("alignment", "synth", "reward")
 FLOORS: dict[str, int] = {
     # 0 core: errors, paths, files and the manifest, checkpoint checks, the stage contract, ranges
     "alignment.errors": 0, "alignment.paths": 0, "alignment.stats": 0, "alignment.artifacts": 0,
-    "alignment.checkpoints": 0, "alignment.stage": 0, "alignment.validate": 0,
+    "alignment.checkpoints": 0, "alignment.stage_contract": 0, "alignment.validate": 0,
     # 1 kernels
     "alignment.kernels": 1,
     # 2 model (importing `alignment` registers the model with the Auto classes)

@@ -78,13 +78,13 @@ import alignment
 from alignment import paths
 from alignment.model.config import PRESET_DIR, load_preset
 from alignment.pipeline import compose
-import reward.cli, reward.stage, synth.cli, synth.outputs
+import reward.cli, reward.runner, synth.cli, synth.outputs
 
 site = Path(sys.argv[1])
 assert Path(alignment.__file__).resolve().is_relative_to(site), alignment.__file__
 folders = [paths.RECIPES_DIR, PRESET_DIR.parent, synth.cli.RECIPES, reward.cli.RECIPES]
 assert all(f == site / "alignment" / "_recipes" for f in folders), folders
-assert synth.outputs.CARD_TEMPLATE.is_file() and reward.stage.CARD_TEMPLATE.is_file()
+assert synth.outputs.CARD_TEMPLATE.is_file() and reward.runner.CARD_TEMPLATE.is_file()
 assert load_preset("tiny").num_hidden_layers == 8
 cfg = compose([])
 print(json.dumps({"pipeline": cfg.pipeline.name, "order": list(cfg.pipeline.order)}))

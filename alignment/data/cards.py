@@ -3,7 +3,7 @@
 Every dataset file a stage writes gets a card next to it, and every such card is written by
 :func:`write_card`, which fills ``commit``, ``hashes`` and ``seed`` the same way for all of them:
 the SFT mixtures (``write_mixture_card``), synth's files (``synth/outputs.py``), the reward
-stage's pair sets (``reward/stage.py``) and online DPO's pairs (``alignment/train/online``).
+stage's pair sets (``reward/runner.py``) and online DPO's pairs (``alignment/train/online``).
 Generated cards start from a template in ``data_cards/`` (:func:`card_template`); ``data_cards/``
 also holds one hand-written card per real dataset a recipe names. All kinds share the schema, so
 ``python -m alignment.data.cards data_cards/*.md`` checks them all (exit 1 on the first invalid

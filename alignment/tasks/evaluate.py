@@ -40,7 +40,7 @@ from omegaconf import MISSING
 from alignment.artifacts import atomic_write_json, atomic_write_jsonl
 from alignment.errors import ConfigError
 from alignment.sampling.base import SamplingParams, close_sampler
-from alignment.stage import StageContext, StageResult
+from alignment.stage_contract import StageContext, StageResult
 from alignment.stats import accuracy_ci, mcnemar
 from alignment.tasks.format import plain_render
 from alignment.tasks.problems import Problem, load_problems
@@ -245,7 +245,7 @@ def paired_comparisons(rows: list[dict], names: list[str]) -> dict[str, Any]:
 def _build_policy(model_path: str, cfg: EvalConfig, device: str):
     from transformers import AutoTokenizer
 
-    import alignment.model  # noqa: F401  (registers yi_lightning; see synth/stage.py PolicySpec.build)
+    import alignment.model  # noqa: F401  (registers yi_lightning; see synth/runner.py PolicySpec.build)
 
     from alignment.checkpoints import check_model_dir
     from alignment.sampling import build_sampler

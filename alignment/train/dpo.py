@@ -41,7 +41,7 @@ from typing import Any, Sequence
 import torch
 
 from alignment.errors import ConfigError, DataError
-from alignment.stage import StageContext, StageResult
+from alignment.stage_contract import StageContext, StageResult
 from alignment.train.args import TrainArgs
 
 PREFERENCE_KEYS = ("prompt", "chosen", "rejected")

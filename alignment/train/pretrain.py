@@ -37,7 +37,7 @@ from omegaconf import MISSING
 from alignment.artifacts import atomic_write_json, drop_timings
 from alignment.data.pretrain_corpus import DEFAULT_SOURCES, load_corpus
 from alignment.errors import ConfigError
-from alignment.stage import StageContext, StageResult
+from alignment.stage_contract import StageContext, StageResult
 from alignment.train.args import TrainArgs
 
 MATH_SOURCES = ("arithmetic", "reasoning_gym")

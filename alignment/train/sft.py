@@ -53,7 +53,7 @@ from alignment.data.mixture import MixtureSpec
 from alignment.data.sources import SourceSpec, load_source
 from alignment.errors import ConfigError, DataError
 from alignment.safety.filter import SafetyConfig, SafetyFilter
-from alignment.stage import StageContext, StageResult
+from alignment.stage_contract import StageContext, StageResult
 from alignment.train.args import LoraSpec, TrainArgs
 from alignment.train.aux_loss import MoEAuxLossMixin, add_aux_loss
 from alignment.train.losses import per_sample_mean, sample_ids_from_position_ids, token_logprobs

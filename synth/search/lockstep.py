@@ -11,7 +11,7 @@ Determinism: each search is sequential and deterministic given its samples, so t
 calls in every round, and their order, is fixed by the problems and the config: the same
 group of problems gives the same results however the threads are scheduled. The batched
 call's seed is derived from the seeds of the calls it merges. Results do depend on which
-problems share a group, so groups are fixed by problem index (synth/stage.py).
+problems share a group, so groups are fixed by problem index (synth/runner.py).
 """
 
 from __future__ import annotations

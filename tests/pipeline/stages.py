@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from omegaconf import OmegaConf
 
 from alignment.artifacts import atomic_write_json, atomic_write_jsonl, read_jsonl
-from alignment.stage import StageContext, StageResult
+from alignment.stage_contract import StageContext, StageResult
 
 
 @dataclass

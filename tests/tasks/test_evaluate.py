@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from alignment.stage import InputArtifact, StageContext
+from alignment.stage_contract import InputArtifact, StageContext
 from alignment.tasks.format import plain_render
 from alignment.tasks.evaluate import EvalConfig, EvalSetSpec, evaluate_sampler, load_eval_sets, paired_comparisons, pass_at_k, run
 from synth.search.scripted_sampler import ScriptedSampler

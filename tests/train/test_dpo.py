@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from alignment.stage import InputArtifact, StageContext
+from alignment.stage_contract import InputArtifact, StageContext
 from alignment.train.dpo import DPOStageConfig, DPOTrainArgs, read_preference_jsonl
 
 CHAT = [{"role": "user", "content": "What is 2 + 2?"}]

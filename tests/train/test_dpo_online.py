@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from alignment.sampling import SamplerConfig
-from alignment.stage import InputArtifact, StageContext
+from alignment.stage_contract import InputArtifact, StageContext
 from alignment.tasks.format import task_message
 from alignment.train.dpo import DPOTrainArgs
 from alignment.train.online_dpo import OnlineDPOConfig, PromptsConfig, load_prompts, to_prompt_item

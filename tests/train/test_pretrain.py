@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from alignment.data.pretrain_corpus import arithmetic_texts, load_corpus, split_of
-from alignment.stage import StageContext
+from alignment.stage_contract import StageContext
 from alignment.train.pretrain import BaseConfig, pack_blocks, run
 
 # A few-thousand-parameter MoE: 2 layers (1 dense + 1 MoE), 8 experts of width 16.

@@ -13,7 +13,7 @@ from alignment.artifacts import read_jsonl
 from alignment.data.cards import validate_card
 from alignment.data.mixture import MixtureSpec
 from alignment.data.sources import SourceSpec
-from alignment.stage import InputArtifact, StageContext
+from alignment.stage_contract import InputArtifact, StageContext
 from alignment.train import sft
 
 

@@ -56,7 +56,7 @@ point: a resumed stage skips finished rounds and reuses a round's scored candida
 from __future__ import annotations
 
 from alignment.safety import GuardConfig, GuardedSampler, SafetyFilter
-from alignment.stage import StageContext, StageResult
+from alignment.stage_contract import StageContext, StageResult
 from alignment.train.online_dpo.config import FrontierSpec, OnlineDPOConfig, PromptsConfig
 from alignment.train.online_dpo.rollout import (PromptItem, VerifierPool, free_accelerator_memory, load_prompts,
                                                 select_frontier, to_prompt_item)

@@ -10,7 +10,7 @@ from typing import Sequence
 
 from alignment.data.cards import card_template, write_card
 from alignment.paths import DATA_CARDS_DIR
-from alignment.stage import StageContext
+from alignment.stage_contract import StageContext
 from alignment.tasks.problems import ProblemSpec
 from alignment.train.online_dpo.config import OnlineDPOConfig
 

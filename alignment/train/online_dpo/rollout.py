@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from alignment.artifacts import read_jsonl
 from alignment.errors import ConfigError, DataError, MissingFileError
 from alignment.sampling import Prompt, Sample, Sampler, SamplingParams
-from alignment.stage import StageContext
+from alignment.stage_contract import StageContext
 from alignment.tasks.format import task_message
 from alignment.tasks.problems import training_problems
 from alignment.train.online_dpo.config import FrontierSpec, PromptsConfig

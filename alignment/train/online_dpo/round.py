@@ -29,7 +29,7 @@ from alignment.errors import ConfigError, DataError
 from alignment.safety import GuardedSampler, SafetyFilter
 from alignment.sampling import Prompt, Sampler, SamplingParams, close_sampler
 from alignment.sampling.tokens import encode_prompts
-from alignment.stage import StageContext, StageResult
+from alignment.stage_contract import StageContext, StageResult
 from alignment.train.dpo import load_policy, train_dpo
 from alignment.train.losses import dpo_implicit_rewards, dpo_loss, sequence_logprobs
 from alignment.train.online_dpo.card import write_pairs_card

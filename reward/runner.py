@@ -40,7 +40,7 @@ from omegaconf import MISSING
 from alignment.artifacts import atomic_write_jsonl, atomic_write_text
 from alignment.errors import ConfigError, DataError
 from alignment.paths import DATA_CARDS_DIR
-from alignment.stage import StageContext, StageResult
+from alignment.stage_contract import StageContext, StageResult
 from reward.onpolicy import SOURCE as ONPOLICY, OnPolicySpec, onpolicy_pairs
 from reward.pairs import curate_pairs, load_pairs, prompt_key, split_by_prompt
 from reward.train import LoraSpec, RewardPhase, TrainSpec, load_reward_model, train_phase

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from alignment.stage import InputArtifact, StageContext
+from alignment.stage_contract import InputArtifact, StageContext
 from synth.search.tree import SearchConfig
-from synth.stage import ProblemSpec, SynthConfig, run
+from synth.runner import ProblemSpec, SynthConfig, run
 
 SEARCH = SearchConfig(num_children=3, num_simulations=6)
 

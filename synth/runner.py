@@ -4,7 +4,7 @@ Pipeline use (recipes/stage/synth.yaml)::
 
     stage:
       synth:
-        _target_: synth.stage.run
+        _target_: synth.runner.run
         inputs: {policy: sft_broad}     # the policy checkpoint: ctx.input("policy", "model")
         sampler: ${sampler}
 
@@ -38,7 +38,7 @@ from omegaconf import MISSING
 
 from alignment.artifacts import atomic_write_json, atomic_write_jsonl, config_hash, content_hash
 from alignment.errors import ConfigError
-from alignment.stage import StageContext, StageResult
+from alignment.stage_contract import StageContext, StageResult
 from alignment.tasks.format import user_message
 from alignment.tasks.problems import Problem, ProblemSpec, training_problems
 from synth.outputs import GENERATOR_VERSION, build_datasets, summarize, write_dataset_card

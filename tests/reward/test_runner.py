@@ -1,6 +1,6 @@
 """The reward stage end to end: recipe -> typed config -> two phases -> model, report, pairs; resume.
 
-Run: python -m pytest -q tests/reward/test_stage.py
+Run: python -m pytest -q tests/reward/test_runner.py
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from alignment.data.cards import validate_card
 from alignment.pipeline import build_stage_config
-from alignment.stage import InputArtifact, StageContext
+from alignment.stage_contract import InputArtifact, StageContext
 from reward.score import RewardScorer
 from tests.reward.conftest import echo_pairs
 

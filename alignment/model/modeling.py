@@ -358,12 +358,17 @@ def realign_cpu_tensors(model: nn.Module, alignment: int = CPU_ALIGNMENT) -> int
 
 def _packing_seq_ids(position_ids_BS, attention_mask_BS):
     """Sample id per position: a new sample starts where position_ids restart at 0 (padding-free
-    packing) or where the attention mask switches between real and pad. None when each row is one
-    sample (plain causal attention is then enough)."""
+    packing) or where the attention mask turns from pad to real (left padding). None when each row is
+    one sample (plain causal attention is then enough).
+
+    Right padding (real tokens, then pads: the trainers' and the reward scorer's batches) starts no
+    sample: every real query sits before every pad key, so causal attention already hides the pads
+    from the real tokens, and the pads' own outputs are never read. Such batches then take the
+    plain causal path (one cached mask per shape) instead of a per-batch packing mask."""
     starts = position_ids_BS == 0
     if attention_mask_BS is not None:
         m = attention_mask_BS.bool()
-        starts = starts | torch.cat([torch.zeros_like(m[:, :1]), m[:, 1:] != m[:, :-1]], dim=1)
+        starts = starts | torch.cat([torch.zeros_like(m[:, :1]), m[:, 1:] & ~m[:, :-1]], dim=1)
     starts[:, 0] = True
     if not bool(starts[:, 1:].any()):
         return None

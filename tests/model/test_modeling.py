@@ -124,3 +124,29 @@ def test_external_attention_backend_goes_through_attention_interface():
         assert model.config._attn_implementation == "yi_test_external"
         external = model(x, use_cache=False).logits
     torch.testing.assert_close(external, native, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+def test_right_padding_is_plain_causal_and_matches_each_row_alone(impl):
+    # Trainer and reward-scorer batches are right-padded: the real tokens come first, so causal attention
+    # already hides the pads and the batch takes the plain causal path (no per-batch packing mask). Left
+    # padding (the sampler's prefill) still starts a sample where the real tokens begin.
+    pytest.importorskip("triton") if impl == "triton" else None
+    from alignment.model.modeling import _packing_seq_ids
+
+    model = build_tiny_model(seed=3, impl=impl).eval()
+    gen = torch.Generator().manual_seed(0)
+    lens = [7, 12, 4]
+    x = torch.randint(3, model.config.vocab_size, (3, 12), generator=gen)
+    mask = torch.zeros(3, 12, dtype=torch.long)
+    for r, n in enumerate(lens):
+        mask[r, :n] = 1
+    pos = (mask.cumsum(-1) - 1).clamp_min(0)
+    assert _packing_seq_ids(pos, mask) is None
+    left = mask.flip(-1)
+    assert _packing_seq_ids((left.cumsum(-1) - 1).clamp_min(0), left) is not None
+    with torch.no_grad():
+        batched = model(input_ids=x, attention_mask=mask, use_cache=False).logits
+        for r, n in enumerate(lens):
+            alone = model(input_ids=x[r:r + 1, :n], use_cache=False).logits
+            torch.testing.assert_close(batched[r, :n], alone[0], rtol=1e-4, atol=1e-5)

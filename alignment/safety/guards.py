@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Sequence
 
 from alignment.artifacts import atomic_write_jsonl
@@ -109,6 +109,8 @@ class GuardedSampler:
                 if self.cfg.input_action != "flag":
                     blocked[i] = hits
         to_run = [i for i in range(len(prompts)) if i not in blocked]
+        if params.seeds is not None:  # the prompts that run keep their own seeds
+            params = replace(params, seeds=[params.seeds[i] for i in to_run])
         produced = self.sampler.generate([prompts[i] for i in to_run], n, params) if to_run else []
         by_index = dict(zip(to_run, produced))
         out = []

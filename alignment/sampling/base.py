@@ -31,6 +31,11 @@ class SamplingParams:
         stop (`list[str]`, *optional*): generation of a sample ends at the first of these
             (non-empty) strings; the returned text is cut before it (finish_reason ``"stop"``).
         seed (`int | None`, *optional*): same seed, same prompts, same params -> same samples.
+        seeds (`list[int] | None`, *optional*): one seed per prompt, overriding ``seed``: each prompt's
+            samples come from its own stream and do not depend on the prompts it shares a call (or a
+            batch) with, so N ranks sampling shards of a pool draw what one process draws. The native
+            backend keeps batching (a per-prompt uniform stream, inverse-CDF draws); the others make one
+            call per prompt.
     """
 
     max_new_tokens: int = 256
@@ -39,6 +44,7 @@ class SamplingParams:
     top_k: int = 0
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    seeds: list[int] | None = None
 
 
 @dataclass

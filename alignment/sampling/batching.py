@@ -9,10 +9,12 @@ from alignment.sampling.base import SamplingParams
 from alignment.sampling.config import SamplerConfig
 
 
-def check_params(n: int, params: SamplingParams) -> None:
+def check_params(n: int, params: SamplingParams, num_prompts: int | None = None) -> None:
     """Fail early, naming the field, instead of deep inside a decode loop."""
     if not isinstance(params, SamplingParams):
         raise TypeError(f"params must be alignment.sampling.SamplingParams, got {type(params).__name__}")
+    if params.seeds is not None and num_prompts is not None and len(params.seeds) != num_prompts:
+        raise ValueError(f"SamplingParams.seeds has {len(params.seeds)} seeds for {num_prompts} prompts (one per prompt)")
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n (samples per prompt) must be a positive int, got {n!r}")
     if params.max_new_tokens < 1:
@@ -51,3 +53,11 @@ def left_pad(rows: list[list[int]], pad_id: int, device, multiple: int = 1) -> t
         ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
         mask[i, width - len(r) :] = 1
     return ids.to(device), mask.to(device)
+
+
+def one_call_per_prompt(sampler, prompts, n: int, params: SamplingParams) -> list:
+    """``params.seeds`` on a backend without per-prompt streams: one call per prompt, seeded with its seed."""
+    from dataclasses import replace
+
+    check_params(n, params, len(prompts))
+    return [sampler.generate([p], n, replace(params, seed=s, seeds=None))[0] for p, s in zip(prompts, params.seeds)]

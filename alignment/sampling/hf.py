@@ -22,7 +22,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 from tqdm.auto import tqdm
 
 from alignment.sampling.base import Prompt, Sample, SamplingParams
-from alignment.sampling.batching import check_params, left_pad, plan_batches
+from alignment.sampling.batching import check_params, left_pad, one_call_per_prompt, plan_batches
 from alignment.sampling.model_sampler import ModelSampler
 from alignment.sampling.tokens import StopDetector, encode_prompts
 
@@ -54,6 +54,8 @@ class HFSampler(ModelSampler):
     # attention kernel's block-mask cache reads (alignment/kernels/attention.py).
     @torch.no_grad()
     def generate(self, prompts: Sequence[Prompt], n: int, params: SamplingParams) -> list[list[Sample]]:
+        if params.seeds is not None:  # generate() draws a batch from one stream
+            return one_call_per_prompt(self, prompts, n, params)
         check_params(n, params)
         ids = encode_prompts(self.tokenizer, prompts)
         detector = StopDetector(self.tokenizer, params.stop, self.eos_ids)

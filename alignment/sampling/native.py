@@ -62,14 +62,25 @@ def filter_logits(logits_BV: torch.Tensor, temperature: float, top_k: int, top_p
     return x
 
 
-def sample_tokens(logits_BV: torch.Tensor, params: SamplingParams, generator: torch.Generator | None):
-    """Next token per row and its log-prob under the unmodified distribution."""
+def sample_tokens(logits_BV: torch.Tensor, params: SamplingParams, generator: torch.Generator | None,
+                  u_B: torch.Tensor | None = None):
+    """Next token per row and its log-prob under the unmodified distribution.
+
+    With ``u_B`` (one uniform per row, from the row's own stream) the draw is the inverse CDF at u:
+    the token whose cumulative probability first exceeds u, so a row's draw depends on its logits
+    and its u only, not on the other rows (``SamplingParams.seeds``)."""
     logp_BV = torch.log_softmax(logits_BV.float(), dim=-1)
     if params.temperature == 0:
         tok_B = torch.argmax(logits_BV, dim=-1)
     else:
         probs = torch.softmax(filter_logits(logits_BV, params.temperature, params.top_k, params.top_p), dim=-1)
-        tok_B = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        if u_B is None:
+            tok_B = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        else:
+            cdf = probs.cumsum(-1)
+            # right=True: a zero-probability token (a flat step of the CDF) is never the one drawn
+            tok_B = torch.searchsorted(cdf, (u_B[:, None] * cdf[:, -1:]).contiguous(), right=True).squeeze(1)
+            tok_B = tok_B.clamp(max=probs.shape[-1] - 1)
     return tok_B, logp_BV.gather(1, tok_B[:, None]).squeeze(1)
 
 
@@ -122,7 +133,7 @@ class NativeSampler(ModelSampler):
     # attention kernel's block-mask cache reads (alignment/kernels/attention.py).
     @torch.no_grad()
     def generate(self, prompts: Sequence[Prompt], n: int, params: SamplingParams) -> list[list[Sample]]:
-        check_params(n, params)
+        check_params(n, params, len(prompts))
         ids = encode_prompts(self.tokenizer, prompts)
         detector = StopDetector(self.tokenizer, params.stop, self.eos_ids)
         generator = torch.Generator(device=self.device)
@@ -130,13 +141,18 @@ class NativeSampler(ModelSampler):
             generator.manual_seed(params.seed)
         else:
             generator.seed()
+        # SamplingParams.seeds: one stream per prompt, whatever batch the prompt lands in
+        streams = None
+        if params.seeds is not None:
+            streams = [torch.Generator(device=self.device).manual_seed(int(s)) for s in params.seeds]
         out: list[list[Sample]] = [[] for _ in ids]
         batches = plan_batches([len(p) for p in ids], n, self.cfg)
         was_training = self.model.training
         self.model.eval()  # no dropout while sampling; the caller's mode is restored after
         try:
             for idx in tqdm(batches, desc="native sampling", unit="batch", disable=len(batches) < 2):
-                groups = self._generate_batch([ids[i] for i in idx], n, params, detector, generator)
+                groups = self._generate_batch([ids[i] for i in idx], n, params, detector, generator,
+                                              None if streams is None else [streams[i] for i in idx])
                 for i, g in zip(idx, groups):
                     out[i] = g
         finally:
@@ -150,7 +166,7 @@ class NativeSampler(ModelSampler):
             raise ValueError("sampler.decode='static' needs the in-repo model (model_type yi_lightning)")
         return self.cfg.decode == "static"
 
-    def _generate_batch(self, rows, n, params, detector, generator) -> list[list[Sample]]:
+    def _generate_batch(self, rows, n, params, detector, generator, streams=None) -> list[list[Sample]]:
         multiple = self.cfg.prompt_pad_multiple or (64 if self.device.type == "cuda" else 1)
         input_ids, mask = left_pad(rows, self.pad_id, self.device, multiple)
         P, L = input_ids.shape
@@ -180,7 +196,13 @@ class NativeSampler(ModelSampler):
         logp_sums = [0.0] * B
         ended = [False] * B
         for step in range(params.max_new_tokens):
-            tok, lp = sample_tokens(logits, params, generator)
+            u = None
+            if streams is not None and params.temperature > 0:
+                # n uniforms per prompt every step, finished rows included: a prompt's stream advances the
+                # same way whoever shares its batch; the live rows read theirs
+                u_all = torch.cat([torch.rand(n, generator=g, device=self.device) for g in streams])
+                u = u_all[torch.tensor(live, device=self.device)]
+            tok, lp = sample_tokens(logits, params, generator, u)
             tok_l, lp_l = torch.stack([tok.to(lp.dtype), lp]).tolist()  # one host sync per step
             tok_l = [int(x) for x in tok_l]
             active = [(j, r) for j, r in enumerate(live) if not ended[r]]

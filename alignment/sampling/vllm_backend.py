@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Sequence
 
 from alignment.sampling.base import Prompt, Sample, SamplingParams
-from alignment.sampling.batching import check_params
+from alignment.sampling.batching import check_params, one_call_per_prompt
 from alignment.sampling.config import SamplerConfig
 from alignment.sampling.tokens import StopDetector, encode_prompts, eos_token_ids
 
@@ -191,6 +191,8 @@ class VLLMSampler:
             raise RuntimeError("sampler backend 'vllm': this sampler was closed (its engine is gone); build a new one")
 
     def generate(self, prompts: Sequence[Prompt], n: int, params: SamplingParams) -> list[list[Sample]]:
+        if params.seeds is not None:  # not yet mapped onto vLLM's per-request seeds (GPU check pending)
+            return one_call_per_prompt(self, prompts, n, params)
         check_params(n, params)
         self._check_open()
         ids = encode_prompts(self.tokenizer, prompts)

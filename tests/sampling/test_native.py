@@ -124,6 +124,36 @@ def test_seed_determinism(model, tokenizer):
     assert len({tuple(t) for t in first[0]}) > 1, "the n samples of a prompt must not be copies"
 
 
+def test_per_prompt_seeds_do_not_depend_on_batch_mates(model, tokenizer):
+    # SamplingParams.seeds: a prompt's samples are the same whether it is sampled alone, with other
+    # prompts, or in another batch split (max_prompts_per_batch), even while finished rows are dropped
+    params = SamplingParams(max_new_tokens=10, temperature=1.0, seeds=[101, 202, 303])
+    one = build_sampler({"backend": "native", "max_prompts_per_batch": 8}, model, tokenizer)
+    split = build_sampler({"backend": "native", "max_prompts_per_batch": 1}, model, tokenizer)
+    tokens = lambda groups: [[x.token_ids for x in g] for g in groups]  # noqa: E731
+    together = tokens(one.generate(PROMPTS[:3], 4, params))
+    assert tokens(split.generate(PROMPTS[:3], 4, params)) == together
+    alone = tokens(one.generate(PROMPTS[1:2], 4, SamplingParams(max_new_tokens=10, temperature=1.0, seeds=[202])))
+    assert alone == together[1:2]
+    assert len({tuple(t) for t in together[0]}) > 1, "the n samples of a prompt must not be copies"
+    other = tokens(one.generate(PROMPTS[:3], 4, SamplingParams(max_new_tokens=10, temperature=1.0, seeds=[101, 999, 303])))
+    assert other[0] == together[0] and other[1] != together[1]  # a seed moves its own prompt only
+    with pytest.raises(ValueError, match="2 seeds for 3 prompts"):
+        one.generate(PROMPTS[:3], 4, SamplingParams(seeds=[1, 2]))
+
+
+def test_inverse_cdf_draw_follows_the_distribution():
+    # the per-prompt-seed draw (u -> first token whose CDF exceeds u) samples softmax(logits)
+    from alignment.sampling.native import sample_tokens
+
+    logits = torch.log(torch.tensor([[0.1, 0.0, 0.6, 0.3]]).clamp_min(1e-30)).expand(40000, 4)
+    u = torch.rand(40000, generator=torch.Generator().manual_seed(0))
+    tok, _ = sample_tokens(logits, SamplingParams(temperature=1.0), None, u)
+    freq = torch.bincount(tok, minlength=4).float() / 40000
+    assert freq[1] == 0  # a zero-probability token is never drawn
+    torch.testing.assert_close(freq, torch.tensor([0.1, 0.0, 0.6, 0.3]), atol=0.01, rtol=0)
+
+
 def test_stop_string_and_eos_end_each_sequence_on_its_own(model, tokenizer):
     sampler = build_sampler({"backend": "native"}, model, tokenizer)
     greedy = SamplingParams(max_new_tokens=12, temperature=0)

@@ -83,11 +83,11 @@ class OnlineDPOConfig:
         logprob_batch_size (`int`, *optional*, defaults to `16`): sequences per forward for the KL
             estimate.
         seed (`int | None`, *optional*): sampling/pairing seed; the recipe's seed when None.
-        prompt_seeds (`bool | None`, *optional*): sample each prompt in its own call, seeded from the
-            round's seed and the prompt's index in the pool (online_dpo/shard.py). None = on under a
-            launch of N > 1 ranks (where it is required: the samples then do not depend on N) and
-            off in one process (one seeded call over all prompts, better batched); true in one
-            process reproduces the samples of any N-rank run.
+        prompt_seeds (`bool | None`, *optional*): sample each prompt from its own stream
+            (``SamplingParams.seeds``), seeded from the round's seed and the prompt's index in the pool
+            (online_dpo/shard.py). None = on under a launch of N > 1 ranks (where it is required: the
+            samples then do not depend on N) and off in one process (one seeded stream for the call,
+            as before); true in one process reproduces the samples of any N-rank run.
         safety (`SafetyConfig`, *optional*): RAISE switches (``${safety}``): with ``enabled``, the
             sampler is wrapped in input/output guards and guard-flagged candidates are never chosen.
     """

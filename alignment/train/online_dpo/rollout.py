@@ -136,18 +136,16 @@ def generate_candidates(sampler: Sampler, items: Sequence[PromptItem], n: int, p
                         seeds: Sequence[int] | None = None):
     """``n`` samples per prompt, checked for shape (a backend returning fewer would skew the pairs).
 
-    ``seeds`` (one per item): each prompt is sampled in a call of its own, seeded with its seed. A
-    prompt's samples then depend on nothing but the prompt and its seed: in one call the native
-    sampler draws every prompt from one generator, and the batch a prompt lands in (its batch
-    mates, their padding) moves that stream, so only per-prompt calls let N ranks reproduce one
-    process. The price is batching across prompts (each call is one prompt's ``n`` rows).
+    ``seeds`` (one per item, ``SamplingParams.seeds``): each prompt draws from its own stream, so its
+    samples depend on nothing but the prompt and its seed, not on the prompts it shares the call with:
+    N ranks sampling shards of a pool reproduce one process. The native backend keeps batching
+    prompts; the others make one call per prompt.
     """
-    if seeds is None:
-        groups = sampler.generate([it.prompt for it in items], n, params)
-    else:
-        if len(seeds) != len(items):
-            raise ValueError(f"{len(seeds)} seeds for {len(items)} prompts")
-        groups = [g for it, s in zip(items, seeds) for g in sampler.generate([it.prompt], n, replace(params, seed=s))]
+    if seeds is not None and len(seeds) != len(items):
+        raise ValueError(f"{len(seeds)} seeds for {len(items)} prompts")
+    if seeds is not None:
+        params = replace(params, seeds=[int(s) for s in seeds])
+    groups = sampler.generate([it.prompt for it in items], n, params)
     if len(groups) != len(items) or any(len(g) != n for g in groups):
         raise RuntimeError(f"sampler returned {[len(g) for g in groups]} samples for {len(items)} prompts x n={n}")
     return groups

@@ -16,7 +16,7 @@ Outputs of :func:`run_inspection` (all written atomically into ``out_dir``):
 ``scores.jsonl`` (one row per candidate: prompt, response, score, rank, verdict, lengths),
 ``summary.json``, ``table.txt`` (the per-prompt tables) and ``report.html`` (reward/report.py).
 
-Summary figures: pairwise accuracy on labelled pairs; agreement with verifiers (over every
+Summary figures: pairwise accuracy on labelled pairs (overall and per pair source); agreement with verifiers (over every
 passed-vs-failed pair of one prompt, how often the passed answer scores higher; and the pass rate of
 the RM's top choice vs a random choice); score distribution per source; length-vs-score correlation
 (Pearson and Spearman, raw and with per-prompt means removed).
@@ -238,11 +238,16 @@ def summarize(cands: list[dict]) -> dict[str, Any]:
         m = _mean(s)
         by_source[src] = {"n": len(s), "mean": m, "std": math.sqrt(_mean([(v - m) ** 2 for v in s])),
                           "min": min(s), "max": max(s)}
+    pairs_by_source: dict[str, list[tuple[dict, dict]]] = {}
+    for c, r in pairs:  # a pair row's source (e.g. the reward stage's on-policy pairs) rides on its chosen side
+        pairs_by_source.setdefault(c["source"], []).append((c, r))
     return {
         "prompts": len(groups),
         "candidates": len(cands),
         "pairs": len(pairs),
         "pairwise_acc": _mean([c["score"] > r["score"] for c, r in pairs]),
+        "pairwise_acc_by_source": {src: {"pairs": len(ps), "acc": _mean([c["score"] > r["score"] for c, r in ps])}
+                                   for src, ps in sorted(pairs_by_source.items())},
         "mean_margin": _mean([c["score"] - r["score"] for c, r in pairs]),
         "verifier_pairs": len(vpairs),
         "verifier_agreement": _mean([g["score"] > b["score"] for g, b in vpairs]),

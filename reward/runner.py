@@ -208,9 +208,8 @@ def run(cfg: RewardStageConfig, ctx: StageContext) -> StageResult:
         summary = run_inspection(scorer, load_candidates(Path(ctx.stage_dir / pairs_out / "heldout.jsonl")),
                                  report_tmp, title=f"{ctx.name}: held-out pairs", max_table_prompts=cfg.inspect_max_prompts)
         metrics["pairwise_acc"] = summary["pairwise_acc"]
-        for source in sorted({r["source"] for r in held}):  # e.g. the on-policy pairs alone: what online DPO asks of it
-            subset = [r for r in held if r["source"] == source]
-            metrics[f"pairwise_acc/{source}"], metrics[f"heldout_pairs/{source}"] = scorer.pairwise_accuracy(subset)[0], len(subset)
+        for source, by in summary["pairwise_acc_by_source"].items():  # e.g. the on-policy pairs: what online DPO asks of it
+            metrics[f"pairwise_acc/{source}"], metrics[f"heldout_pairs/{source}"] = by["acc"], by["pairs"]
         metrics["heldout_mean_margin"] = summary["mean_margin"]
         metrics["length_spearman"] = summary["length_spearman"]
     else:

@@ -71,6 +71,11 @@ class EvalSetSpec:
     num_samples: int | None = None
     max_new_tokens: int | None = None
 
+    @property
+    def label(self) -> str:
+        """The set's metric prefix: ``name``, else ``<source>_<split>``."""
+        return self.name or f"{self.source}_{self.split}"
+
 
 @dataclass
 class EvalConfig:
@@ -121,8 +126,7 @@ def load_eval_sets(specs: list[EvalSetSpec]) -> list[tuple[str, list[Problem]]]:
         if spec.split == "train":
             raise ConfigError(f"sets[{i}]: eval uses held-out or test splits only, got {spec.source}/train "
                               f"(unseen instances of the trained families: split train_heldout)")
-        name = spec.name or f"{spec.source}_{spec.split}"
-        out.append((name, load_problems(spec.source, spec.split, spec.n, spec.seed)))
+        out.append((spec.label, load_problems(spec.source, spec.split, spec.n, spec.seed)))
     return out
 
 
@@ -156,8 +160,7 @@ def evaluate_sampler(sampler, render, sets: list[tuple[str, list[Problem]]], cfg
         yield
         timing[key] += time.perf_counter() - t0
 
-    given = [sp if isinstance(sp, EvalSetSpec) else EvalSetSpec(**sp) for sp in (cfg.sets if isinstance(cfg.sets, (list, tuple)) else [])]
-    specs = {sp.name or f"{sp.source}_{sp.split}": sp for sp in given}
+    specs = {sp.label: sp for sp in cfg.sets}  # a set's own sample count and budget
     for name, problems in tqdm(sets, desc=f"eval {prefix or 'policy'}", unit="set"):
         if not problems:
             continue

@@ -192,6 +192,7 @@ class NativeSampler(ModelSampler):
 
         B = P * n
         live = list(range(B))  # live[j] = original row of current batch row j
+        live_t = torch.arange(B, device=self.device) if streams is not None else None  # the same, on the device
         tokens: list[list[int]] = [[] for _ in range(B)]
         logp_sums = [0.0] * B
         ended = [False] * B
@@ -201,7 +202,7 @@ class NativeSampler(ModelSampler):
                 # n uniforms per prompt every step, finished rows included: a prompt's stream advances the
                 # same way whoever shares its batch; the live rows read theirs
                 u_all = torch.cat([torch.rand(n, generator=g, device=self.device) for g in streams])
-                u = u_all[torch.tensor(live, device=self.device)]
+                u = u_all[live_t]
             tok, lp = sample_tokens(logits, params, generator, u)
             tok_l, lp_l = torch.stack([tok.to(lp.dtype), lp]).tolist()  # one host sync per step
             tok_l = [int(x) for x in tok_l]
@@ -224,6 +225,7 @@ class NativeSampler(ModelSampler):
                     mask = mask[sel]
                 tok, next_pos = tok[sel], next_pos[sel]
                 live = [live[j] for j in keep]
+                live_t = live_t[sel] if live_t is not None else None
                 self.stats["compactions"] += 1
             if static is not None:
                 logits = static.step(tok, next_pos, L + step)

@@ -138,6 +138,12 @@ def test_per_prompt_seeds_do_not_depend_on_batch_mates(model, tokenizer):
     assert len({tuple(t) for t in together[0]}) > 1, "the n samples of a prompt must not be copies"
     other = tokens(one.generate(PROMPTS[:3], 4, SamplingParams(max_new_tokens=10, temperature=1.0, seeds=[101, 999, 303])))
     assert other[0] == together[0] and other[1] != together[1]  # a seed moves its own prompt only
+    # rows that stop early are dropped from the batch (compaction): the streams still advance alike
+    stopping = SamplingParams(max_new_tokens=10, temperature=1.0, seeds=[101, 202, 303], stop=["e", "a", "o"])
+    before = one.stats["compactions"]
+    together = tokens(one.generate(PROMPTS[:3], 4, stopping))
+    assert one.stats["compactions"] > before
+    assert tokens(split.generate(PROMPTS[:3], 4, stopping)) == together
     with pytest.raises(ValueError, match="2 seeds for 3 prompts"):
         one.generate(PROMPTS[:3], 4, SamplingParams(seeds=[1, 2]))
 

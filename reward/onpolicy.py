@@ -72,7 +72,7 @@ def onpolicy_pairs(spec: OnPolicySpec, policy_dir: str | Path, device: str, cach
         rows = read_jsonl(cache)
         return rows, {"onpolicy_pairs": len(rows)}
     from alignment.sampling import SamplingParams, build_sampler, close_sampler
-    from alignment.tasks.verify import get_verifier
+    from alignment.tasks.verify import shared_verifier
     from alignment.train.online_dpo.rollout import free_accelerator_memory
 
     t0 = time.perf_counter()
@@ -87,14 +87,12 @@ def onpolicy_pairs(spec: OnPolicySpec, policy_dir: str | Path, device: str, cach
     del sampler
     free_accelerator_memory()
     sample_s = time.perf_counter() - t0
-    verifiers: dict[str, Any] = {}
     rng = random.Random(spec.seed)
     rows, solved, judged, passed = [], 0, 0, 0
     for p, group in zip(problems, groups):
-        verifier = verifiers.setdefault(p.kind, get_verifier(p.kind))
         answers = []
         for s in group:
-            v = verifier.verify(p, s.text)
+            v = shared_verifier(p.kind).verify(p, s.text)
             if v.error_kind is None:
                 answers.append((s.text, bool(v.passed)))
         judged += len(answers)

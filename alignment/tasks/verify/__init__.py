@@ -12,6 +12,7 @@ failing verdict, never an exception.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,7 +64,11 @@ def get_verifier(kind: str, **kwargs: Any):
     raise ValueError(f"unknown verifier kind {kind!r}; expected 'math' or 'code'")
 
 
-_VERIFIERS: dict[str, Any] = {}
+@functools.lru_cache(maxsize=None)
+def shared_verifier(kind: str):
+    """One verifier per kind with default settings, built on first use and reused (the math verifier keeps
+    a cache of parsed gold answers; neither holds per-problem state)."""
+    return get_verifier(kind)
 
 
 def record_pass_rate(record: dict, responses: list[str]) -> float | None:
@@ -72,20 +77,17 @@ def record_pass_rate(record: dict, responses: list[str]) -> float | None:
     record without one (chat, safety). The pass-rate hook of sft_hard's hard selection
     (``hard.pass_rate_fn: alignment.tasks.verify.record_pass_rate``). Infrastructure faults are
     left out of the share; all of them gives None."""
-    from types import SimpleNamespace
+    from alignment.tasks.problems import Problem
 
     task = record.get("task")
     if not task or not responses:
         return None
-    kind = task.get("kind")
-    if kind not in _VERIFIERS:
-        _VERIFIERS[kind] = get_verifier(kind)
     prompt = record["messages"][-2]["content"] if len(record.get("messages", [])) >= 2 else ""
-    problem = SimpleNamespace(id=task.get("problem_id", record.get("id")), kind=kind, prompt=prompt, answer=task.get("answer"),
-                              tests=task.get("tests"), entry_point=task.get("entry_point"))
-    verdicts = [_VERIFIERS[kind].verify(problem, r) for r in responses]
+    problem = Problem(id=task.get("problem_id", record.get("id")), kind=task.get("kind"), prompt=prompt,
+                      answer=task.get("answer"), tests=task.get("tests"), entry_point=task.get("entry_point"))
+    verdicts = [shared_verifier(problem.kind).verify(problem, r) for r in responses]
     judged = [v.passed for v in verdicts if v.error_kind is None]
     return sum(judged) / len(judged) if judged else None
 
 
-__all__ = ["Verdict", "get_verifier", "record_pass_rate"]
+__all__ = ["Verdict", "get_verifier", "record_pass_rate", "shared_verifier"]

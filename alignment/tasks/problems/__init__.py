@@ -106,16 +106,16 @@ def instance_is_heldout(key: str) -> bool:
     return int(hashlib.sha256(f"instance:{key}".encode()).hexdigest()[:8], 16) % 100 < INSTANCE_HELDOUT_PERCENT
 
 
-def draw_unique(source: str, split: str, n: int, draw: Callable[[int], tuple[str, Problem]], max_tries: int | None = None) -> list[Problem]:
+def draw_unique(source: str, split: str, n: int, draw: Callable[[int], tuple[str, Problem]]) -> list[Problem]:
     """``n`` distinct problems from ``draw(i) -> (instance key, problem)`` for i = 0, 1, ...
 
     ``train`` skips the held-out instances, ``train_heldout`` keeps only them; other splits keep
     every draw. Repeated instance keys are skipped. Raises a ValueError naming the source when the
-    instance space runs out before ``n`` (``max_tries`` draws, default ``50 n + 1000``).
+    instance space runs out before ``n`` (within ``50 n + 1000`` draws).
     """
     out: list[Problem] = []
     seen: set[str] = set()
-    tries = max_tries if max_tries is not None else 50 * n + 1000
+    tries = 50 * n + 1000
     for i in range(tries):
         if len(out) >= n:
             break

@@ -17,33 +17,13 @@ Not a test: prints a table; numbers depend on the machine (name it when you repo
 from __future__ import annotations
 
 import argparse
-import re
 import time
-from collections import defaultdict
 
 import torch
 
 import alignment  # noqa: F401
 from alignment.model import YiLightningForCausalLM, load_preset
-
-# (category, pattern over kernel / operator names), first match wins
-CATEGORIES = [
-    ("MoE experts", r"_gate_up_fwd|_mm_scatter|_down_bwd|_wgrad|grouped_mm|grouped_gemm|moe"),
-    ("attention", r"flex|attention|sdpa|flash|fmha|_efficient_attention|triton_tem"),
-    ("RMSNorm", r"_rms_|rms_norm|rmsnorm"),
-    ("cross-entropy", r"_ce_fwd|_ce_bwd|cross_entropy|log_softmax|nll_loss"),
-    ("optimizer", r"adam|multi_tensor|foreach"),
-    ("routing / permutation", r"topk|sort|scatter|gather|index|cumsum|histc|bincount|nonzero|argsort|where"),
-    ("dense GEMM (projections, router, LM head)", r"gemm|cutlass|xmma|sm90|cublas|matmul|::mm|::bmm|addmm|linear"),
-]
-
-
-def category(name: str) -> str:
-    low = name.lower()
-    for cat, pat in CATEGORIES:
-        if re.search(pat, low):
-            return cat
-    return "other (elementwise, copies)"
+from alignment.train.profile import breakdown
 
 
 def qwen3_baseline(cfg):
@@ -127,16 +107,7 @@ def measure(model, batch: int, seq: int, steps: int, device: str) -> dict:
             step()
         sync()
         prof_wall = (time.perf_counter() - t) / steps  # the profiler slows the host: shares are of this
-    by_cat: dict[str, float] = defaultdict(float)
-    for e in prof.key_averages():
-        if device == "cuda":
-            us = getattr(e, "self_device_time_total", 0) or getattr(e, "self_cuda_time_total", 0)
-        else:
-            us = e.self_cpu_time_total if e.key.startswith("aten::") else 0
-        if us > 0:
-            by_cat[category(e.key)] += us / 1e3 / steps  # ms per step
-    busy = sum(by_cat.values())
-    by_cat["idle (no kernel running)" if device == "cuda" else "not in aten ops"] = max(prof_wall * 1e3 - busy, 0.0)
+    by_cat = breakdown(prof, steps, prof_wall * 1e3, on_device=device == "cuda")
     return {"wall_s": wall, "prof_wall_s": prof_wall, "tokens_s": batch * seq / wall,
             "tflops": step_flops(model, batch, seq) / wall / 1e12, "breakdown_ms": dict(by_cat)}
 

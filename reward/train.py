@@ -37,6 +37,7 @@ from alignment.checkpoints import last_good_checkpoint
 from alignment.train.args import LoopArgs, LoraSpec, OptimArgs, training_kwargs
 from alignment.train.aux_loss import MoEAuxLossMixin
 from alignment.train.losses import bradley_terry_loss
+from alignment.train.profile import profile_callbacks
 from reward.score import encode_conversation
 
 __all__ = ["RewardPhase", "LoraSpec", "TrainSpec", "BradleyTerryTrainer", "load_reward_model", "tokenize_pairs",
@@ -187,7 +188,8 @@ def train_phase(model, tokenizer, train_pairs: list[dict], eval_pairs: list[dict
         eval_steps=spec.eval_steps if spec.eval_steps > 0 else None,
     )
     trainer = BradleyTerryTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                                  processing_class=tokenizer, peft_config=lora.peft_config("SEQ_CLS"))
+                                  processing_class=tokenizer, peft_config=lora.peft_config("SEQ_CLS"),
+                                  callbacks=profile_callbacks())
     last = last_good_checkpoint(phase_dir)
     out = trainer.train(resume_from_checkpoint=last)
     metrics = {"train_loss": float(out.training_loss), "steps": int(out.global_step),

@@ -296,6 +296,7 @@ def train_dpo(
     from trl import DPOTrainer
 
     from alignment.artifacts import atomic_write_text
+    from alignment.train.profile import profile_callbacks
 
     output_dir = Path(output_dir)
     cache_dir = output_dir / "ref_cache"
@@ -320,7 +321,8 @@ def train_dpo(
 
     started = time.perf_counter()
     trainer_cls = _moe_dpo_trainer_class() if args.aux_loss == "model" else DPOTrainer
-    trainer = trainer_cls(model=model, ref_model=None, args=config, train_dataset=dataset, processing_class=tokenizer)
+    trainer = trainer_cls(model=model, ref_model=None, args=config, train_dataset=dataset, processing_class=tokenizer,
+                          callbacks=profile_callbacks())
     if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
         # the caller saves `model` from rank 0 alone, which needs whole (DDP) weights, not shards
         raise ValueError("DPO under an FSDP/ZeRO-3 launch is not supported yet; use accelerate=ddp (or cpu_ddp)")

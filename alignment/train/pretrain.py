@@ -202,6 +202,8 @@ def run(cfg: BaseConfig, ctx: StageContext) -> StageResult:
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments, set_seed
 
+    from alignment.train.profile import profile_callbacks
+
     t0 = time.time()
     router_r2 = float("nan")
     seed = ctx.seed if cfg.seed is None else cfg.seed
@@ -273,7 +275,7 @@ def run(cfg: BaseConfig, ctx: StageContext) -> StageResult:
         args = TrainingArguments(**cfg.hf_kwargs(str(ctx.checkpoint_dir), device.type, seed),
                                  logging_first_step=True, disable_tqdm=False)
         model.config.use_cache = False  # no KV cache while training; restored before saving
-        trainer = Trainer(model=model, args=args, train_dataset=dataset)
+        trainer = Trainer(model=model, args=args, train_dataset=dataset, callbacks=profile_callbacks())
         last = ctx.last_checkpoint()
         trainer.train(resume_from_checkpoint=last)
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]

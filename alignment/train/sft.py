@@ -57,6 +57,7 @@ from alignment.stage_contract import StageContext, StageResult
 from alignment.train.args import LoraSpec, TrainArgs
 from alignment.train.aux_loss import MoEAuxLossMixin, add_aux_loss
 from alignment.train.losses import per_sample_mean, sample_ids_from_position_ids, token_logprobs
+from alignment.train.profile import profile_callbacks
 
 LOSS_WEIGHTINGS = ("sample", "token")
 REPORT_TO = ("none", "tensorboard", "wandb")
@@ -354,6 +355,7 @@ def run(cfg: SFTStageConfig, ctx: StageContext) -> StageResult:
         model=model, args=args, train_dataset=train_ds, processing_class=tokenizer,
         peft_config=cfg.lora.peft_config(), loss_weighting=cfg.loss_weighting,
         fused_ce=cfg.loss_impl == "fused" or (cfg.loss_impl == "auto" and on_cuda),
+        callbacks=profile_callbacks(),
     )
     if (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled) and cfg.lora.enabled:
         # the publish step merges adapters into gathered full weights, which is not wired for shards

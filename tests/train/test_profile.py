@@ -1,0 +1,70 @@
+"""YIALIGN_PROFILE: a trainer profiles a window of optimizer steps and writes profile.txt."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import Trainer, TrainingArguments
+
+from alignment.train.profile import ENV, StepProfiler, category, profile_callbacks
+
+
+class _Regressor(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(8, 1)
+
+    def forward(self, x, y):
+        return {"loss": torch.nn.functional.mse_loss(self.lin(x).squeeze(-1), y)}
+
+
+def _train(tmp_path, callbacks, max_steps=6):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 8, generator=g)
+    ds = Dataset.from_dict({"x": x.tolist(), "y": x.sum(-1).tolist()})
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), max_steps=max_steps, per_device_train_batch_size=4,
+                             use_cpu=True, report_to=[], save_strategy="no", logging_steps=100, disable_tqdm=True)
+    trainer = Trainer(model=_Regressor(), args=args, train_dataset=ds, callbacks=callbacks)
+    trainer.train()
+    return tmp_path / "out" / "profile.txt"
+
+
+def test_unset_or_zero_adds_nothing(monkeypatch):
+    monkeypatch.delenv(ENV, raising=False)
+    assert profile_callbacks() == []
+    monkeypatch.setenv(ENV, "0")
+    assert profile_callbacks() == []
+
+
+def test_window_from_env_and_bad_value(monkeypatch):
+    monkeypatch.setenv(ENV, "2,4")
+    (cb,) = profile_callbacks()
+    assert (cb.wait, cb.active) == (2, 4)
+    monkeypatch.setenv(ENV, "two")
+    with pytest.raises(ValueError, match="YIALIGN_PROFILE='two'"):
+        profile_callbacks()
+
+
+def test_writes_profile_of_the_window(tmp_path, monkeypatch):
+    monkeypatch.setenv(ENV, "2,3")
+    cbs = profile_callbacks()
+    path = _train(tmp_path, cbs)
+    assert cbs[0].path == path and path.is_file()
+    text = path.read_text()
+    assert text.startswith("3 optimizer steps from step 2:")
+    assert "ms/step" in text and "not in aten ops" in text
+    assert "aten::addmm" in text or "aten::linear" in text  # the model's matmul is in the op table
+
+
+def test_run_shorter_than_window_still_writes(tmp_path):
+    cb = StepProfiler(wait=1, active=10)
+    path = _train(tmp_path, [cb], max_steps=3)
+    assert path.read_text().startswith("2 optimizer steps from step 1:")
+
+
+def test_categories():
+    assert category("_gate_up_fwd_kernel") == "MoE experts"
+    assert category("aten::_flex_attention") == "attention"
+    assert category("sm90_xmma_gemm_bf16") == "dense GEMM (projections, router, LM head)"
+    assert category("aten::add_") == "other (elementwise, copies)"

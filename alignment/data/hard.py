@@ -24,6 +24,7 @@ and decontaminated like any source); without one, selection alone decides the st
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
@@ -96,6 +97,10 @@ def example_losses(model, tokenizer, records: Sequence[dict], max_length: int = 
     """
     was_training = model.training
     model.eval()
+    # bf16 autocast on a GPU, as in training (the stage's model holds fp32 master weights): faster,
+    # and the attention kernels then meet the dtype they were compiled for
+    on_cuda = torch.device(device).type == "cuda"
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda and torch.cuda.is_bf16_supported() else nullcontext()
     encoded = [_encode(tokenizer, r, max_length) for r in records]
     order = sorted(range(len(records)), key=lambda i: len(encoded[i][0]))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -113,14 +118,17 @@ def example_losses(model, tokenizer, records: Sequence[dict], max_length: int = 
             labels[row, : len(tok)] = torch.where(torch.tensor(mask).bool(), torch.tensor(tok), torch.tensor(-100))
         # Final hidden states + chunked linear cross-entropy: a pool batch at paper scale
         # (16 x 4,096 tokens x 100K vocabulary) would need ~26 GB of float32 logits.
-        out = model(input_ids=ids.to(device), attention_mask=attn.to(device), output_hidden_states=True, logits_to_keep=1, use_cache=False)
-        h = out.hidden_states[-1][:, :-1]
-        target = labels[:, 1:].to(device)
-        logp = linear_cross_entropy(h.reshape(-1, h.shape[-1]), model.get_output_embeddings().weight, target.reshape(-1)).view_as(target)
+        with amp:
+            out = model(input_ids=ids.to(device), attention_mask=attn.to(device), output_hidden_states=True,
+                        logits_to_keep=1, use_cache=False)
+            h = out.hidden_states[-1][:, :-1]
+            target = labels[:, 1:].to(device)
+            logp = linear_cross_entropy(h.reshape(-1, h.shape[-1]), model.get_output_embeddings().weight,
+                                        target.reshape(-1)).view_as(target)
         # Each example averaged over its own target tokens: length does not decide hardness.
-        mean_logp = logp.sum(-1) / (target != -100).sum(-1).clamp(min=1)
-        for row, i in enumerate(idx):
-            losses[i] = float(-mean_logp[row])
+        mean_logp = logp.float().sum(-1) / (target != -100).sum(-1).clamp(min=1)
+        for i, value in zip(idx, (-mean_logp).tolist()):
+            losses[i] = value
     model.train(was_training)
     return losses
 

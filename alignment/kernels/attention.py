@@ -19,7 +19,22 @@ a CPU forward that needs grads takes the SDPA reference); on CUDA a ``torch.comp
 
 Short query chunks (S < ``FLEX_MIN_QUERIES``: decode steps, small prefill chunks) go to the SDPA
 reference instead: their dense mask is at most [B, 1, 127, L], and each new cache length L would
-otherwise cost a new BlockMask (and, until the compile turns dynamic, a Flex recompile).
+otherwise cost a new BlockMask.
+
+One compiled FlexAttention serves every call. TorchDynamo keeps its compiled variants on
+``flex_attention``'s code object and gives up after ``recompile_limit`` (8) of them, falling back for
+the rest of the process to an unfused FlexAttention that materializes every score (a whole
+pipeline runs in one process: on 2026-12-01 the limit was hit in sft_hard, and every later stage
+trained and sampled on the unfused path). So: (1) ``mask_mod`` closes over no per-call Python
+number (the key length and the query offset are 0-d tensors; a captured int is a guard, and each
+new packed length was a recompile); (2) the variants that remain are few and fixed: grad mode x
+dtype x sliding or full x packed or not (16 at most, a stage meets about 4; each once more when
+the queries are the last S < L keys, since the first compile made S and L one size), and
+``compile_flex`` raises the limit to ``RECOMPILE_LIMIT`` so all of them stay compiled; (3) shapes
+are dynamic from the first compile (``dynamic=True``): automatic dynamic marks a dimension only
+after it changed, so each variant recompiled again for each dimension (key length, then its
+block count) that had not moved yet. tests/kernels/test_attention.py checks that new lengths and
+offsets compile nothing once each variant has run once.
 
 Tuning: FlexAttention's own block sizes (128x128 by default on H100) are left as they are;
 ``FLEX_MIN_QUERIES`` = 128 is one Flex query block (re-measure with bench/attention.py).
@@ -31,20 +46,36 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import torch
+import torch._dynamo
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 from alignment.kernels import reference
 
 FLEX_MIN_QUERIES = 128
+RECOMPILE_LIMIT = 64  # >= the 16 variants named in the module docstring, each with and without a query offset
 _MASK_CACHE_SIZE = 8
+_BLOCK_TENSORS = ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices",
+                  "q_num_blocks", "q_indices", "full_q_num_blocks", "full_q_indices")
 _mask_cache: OrderedDict = OrderedDict()
 _compiled_flex = None
+
+
+def compile_flex(backend: str = "inductor"):
+    """``torch.compile(flex_attention, dynamic=True)``, TorchDynamo's recompile limit raised to ``RECOMPILE_LIMIT``.
+
+    The limit is process-wide (TorchDynamo has no per-function one); it is only ever raised.
+    ``backend="eager"`` lets CPU tests trace the same guards without Inductor.
+    """
+    cfg = torch._dynamo.config
+    if cfg.recompile_limit < RECOMPILE_LIMIT:
+        cfg.recompile_limit = RECOMPILE_LIMIT
+    return torch.compile(flex_attention, backend=backend, dynamic=True)
 
 
 def _flex():
     global _compiled_flex
     if _compiled_flex is None:
-        _compiled_flex = torch.compile(flex_attention)
+        _compiled_flex = compile_flex()
     return _compiled_flex
 
 
@@ -55,7 +86,10 @@ def _block_mask(B: int, S: int, L: int, sliding_window: int | None, seq_ids_BS: 
     if hit is not None:
         _mask_cache.move_to_end(key)
         return hit[0]
-    offset = L - S
+    # 0-d tensors, not ints: the compiled FlexAttention guards on the ints a mask_mod captures
+    # (one recompile per new length), while a captured tensor is only a buffer argument.
+    offset = torch.tensor(L - S, device=device)
+    last = torch.tensor(L - 1, device=device)
 
     def mask_mod(b, h, q_idx, kv_idx):
         q_pos = q_idx + offset
@@ -65,11 +99,18 @@ def _block_mask(B: int, S: int, L: int, sliding_window: int | None, seq_ids_BS: 
         if seq_ids_BS is not None:
             # FlexAttention also evaluates positions past the end (padding to its 128 block): clamp so
             # those lookups stay inside seq_ids (their scores are masked out anyway).
-            qi, ki = q_pos.clamp(max=L - 1), kv_idx.clamp(max=L - 1)
+            qi, ki = torch.minimum(q_pos, last), torch.minimum(kv_idx, last)
             keep = keep & (seq_ids_BS[b, qi] == seq_ids_BS[b, ki])
         return keep
 
     bm = create_block_mask(mask_mod, B if seq_ids_BS is not None else None, None, S, L, device=device)
+    # ``dynamic=True`` reaches the query and keys but not the BlockMask's own tensors: without this,
+    # each new block count (every 128 positions) was a recompile
+    for name in _BLOCK_TENSORS:
+        t = getattr(bm, name)
+        if t is not None:
+            for dim in range(2, t.dim()):
+                torch._dynamo.maybe_mark_dynamic(t, dim)
     _mask_cache[key] = (bm, seq_ids_BS)  # keep seq_ids alive: its data_ptr stays unique while cached
     if len(_mask_cache) > _MASK_CACHE_SIZE:
         _mask_cache.popitem(last=False)

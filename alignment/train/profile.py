@@ -3,15 +3,15 @@
 Every trainer of the project (base, SFT, reward, DPO) takes :func:`profile_callbacks`. With the
 environment variable ``YIALIGN_PROFILE`` set (``1``, or ``wait,active`` step counts such as
 ``5,3``), :class:`StepProfiler` runs ``torch.profiler`` over ``active`` optimizer steps after
-``wait`` steps of warm-up (compiles, allocator) and writes ``profile.txt`` into the trainer's
-output folder: wall time per step, the step's device (or CPU) time by category
+``wait`` steps of warm-up (compiles, allocator) and writes ``profile.txt`` into the stage's
+folder (:func:`profile_path`): wall time per step, the step's device (or CPU) time by category
 (:func:`category`: our Triton kernels, FlexAttention, GEMMs, routing, optimizer, elementwise),
 the time no kernel covers ("idle": host overhead, syncs, launch gaps), the ops with the most
 self time, and TorchDynamo's compile counters (a recompile per batch shape shows up there).
 Unset, it costs nothing::
 
     YIALIGN_PROFILE=1 python -m alignment pipeline=h100_small run_dir=/tmp/runs/p
-    cat /tmp/runs/p/*/checkpoints/profile.txt /tmp/runs/p/reward/*/profile.txt
+    cat /tmp/runs/p/*/profile*.txt
 
 ``bench/train_step.py`` uses the same categories for its synthetic step.
 
@@ -55,14 +55,16 @@ def category(name: str) -> str:
     return "other (elementwise, copies)"
 
 
-def breakdown(prof, steps: int, wall_ms_per_step: float, on_device: bool) -> dict[str, float]:
+def breakdown(prof, steps: int, wall_ms_per_step: float, on_device: bool, averages=None) -> dict[str, float]:
     """Milliseconds per step by :func:`category` from a finished profiler, plus the uncovered rest.
+
+    ``averages`` is ``prof.key_averages()`` when the caller has it already (it is slow to build).
 
     On a device: self device time per kernel; the rest of the wall time is "idle (no kernel
     running)". On CPU: self CPU time of ``aten::`` operators; the rest is "not in aten ops".
     """
     by_cat: dict[str, float] = defaultdict(float)
-    for e in prof.key_averages():
+    for e in (averages if averages is not None else prof.key_averages()):
         if on_device:
             us = getattr(e, "self_device_time_total", 0) or getattr(e, "self_cuda_time_total", 0)
         else:
@@ -85,6 +87,22 @@ def _parse(value: str) -> tuple[int, int]:
     if wait < 0 or active < 1:
         raise ValueError(f"{ENV}={value!r}: wait must be >= 0 and active >= 1")
     return wait, active
+
+
+def profile_path(output_dir) -> Path:
+    """Where the profile of a trainer writing to ``output_dir`` goes.
+
+    A stage's trainer checkpoints live under ``<stage>/checkpoints/`` and are deleted when the stage
+    completes, so a profile goes beside that folder: ``<stage>/profile.txt``, or
+    ``<stage>/profile_<sub>.txt`` for a trainer in ``checkpoints/<sub>`` (the reward stage's phases,
+    online DPO's rounds). Elsewhere it is ``<output_dir>/profile.txt``.
+    """
+    out = Path(output_dir)
+    parts = out.parts
+    if "checkpoints" not in parts:
+        return out / "profile.txt"
+    i = len(parts) - 1 - parts[::-1].index("checkpoints")
+    return Path(*parts[:i]) / ("_".join(["profile", *parts[i + 1:]]) + ".txt")
 
 
 def profile_callbacks() -> list:
@@ -142,18 +160,18 @@ class StepProfiler(TrainerCallback):
         prof, self._prof = self._prof, None
         prof.__exit__(None, None, None)
         on_device = torch.cuda.is_available()
-        cats = breakdown(prof, steps, wall_ms, on_device)
+        averages = prof.key_averages()  # seconds for a step of a 30-layer model: build it once
+        cats = breakdown(prof, steps, wall_ms, on_device, averages)
         sort_key = "self_cuda_time_total" if on_device else "self_cpu_time_total"
         lines = [f"{steps} optimizer steps from step {self._start_step}: {wall_ms:.1f} ms/step wall (under the profiler)",
                  "", f"{'category':45s} {'ms/step':>9s} {'share':>6s}"]
         for cat, ms in sorted(cats.items(), key=lambda kv: -kv[1]):
             lines.append(f"{cat:45s} {ms:9.2f} {100 * ms / max(wall_ms, 1e-9):5.1f}%")
         lines += ["", f"ops by {sort_key} ({steps} steps):",
-                  prof.key_averages().table(sort_by=sort_key, row_limit=self.top, max_name_column_width=70)]
+                  averages.table(sort_by=sort_key, row_limit=self.top, max_name_column_width=70)]
         if on_device:
             lines += ["ops by self_cpu_time_total (host side):",
-                      prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=self.top,
-                                                max_name_column_width=70)]
+                      averages.table(sort_by="self_cpu_time_total", row_limit=self.top, max_name_column_width=70)]
         try:
             from torch._dynamo.utils import counters
 
@@ -164,7 +182,7 @@ class StepProfiler(TrainerCallback):
             pass
         if not state.is_world_process_zero:  # every rank profiles its own steps; rank 0 writes
             return
-        self.path = Path(args.output_dir) / "profile.txt"
+        self.path = profile_path(args.output_dir)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text("\n".join(lines) + "\n", encoding="utf-8")
         log.info("profile of %d steps (%.1f ms/step) written to %s", steps, wall_ms, self.path)

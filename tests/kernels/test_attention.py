@@ -69,3 +69,52 @@ def test_mask_cache_sees_in_place_edit(device):
     b = hybrid_attention(q, k, v, seq_ids_BS=ids, impl="triton")
     ref = reference.hybrid_attention(q.cpu(), k.cpu(), v.cpu(), sliding_window=None, seq_ids_BS=ids.cpu())
     assert rel_err(b, ref) < 2e-3 and rel_err(a, ref) > 1e-1
+
+
+def test_compiled_flex_compiles_each_variant_once_not_each_length(device):
+    """New lengths, query offsets and packings must not recompile FlexAttention once each variant ran once.
+
+    A whole pipeline runs in one process and TorchDynamo stops compiling a function after its
+    recompile limit: on 2026-12-01 a mask that captured the key length as a Python int recompiled
+    at every new packed length until the limit, and every later stage ran the unfused fallback.
+    On CPU the eager backend traces the same guards as Inductor (which the GPU runs, with gradients
+    and bf16 only: each compile there takes seconds).
+    """
+    import torch._dynamo
+
+    from alignment.kernels import attention
+
+    torch._dynamo.reset()
+    attention._mask_cache.clear()
+    gpu = device.type == "cuda"
+    fn = attention.compile_flex(backend="inductor" if gpu else "eager")
+    gen = torch.Generator().manual_seed(0)
+
+    def call(L, S, window, packed, dtype, grad):
+        # grad mode is a guard of its own (training vs no_grad); FlexAttention has no CPU backward, so
+        # there the inputs themselves never require grad
+        q = torch.randn(2, 4, S, 16, generator=gen).to(device, dtype).requires_grad_(grad and gpu)
+        k, v = (torch.randn(2, 2, L, 16, generator=gen).to(device, dtype).requires_grad_(grad and gpu) for _ in range(2))
+        ids = seq_ids(2, L, gen).to(device) if packed else None
+        bm = attention._block_mask(2, S, L, window, ids, device)
+        with torch.set_grad_enabled(grad):
+            out = fn(q, k, v, block_mask=bm, enable_gqa=True)
+        if grad and gpu:
+            out.sum().backward()
+        return out
+
+    variants = [(w, p, d, g) for w in (None, 16) for p in (False, True)
+                for d in ((torch.bfloat16,) if gpu else (torch.float32, torch.bfloat16)) for g in (False, True)]
+    try:
+        for v in variants:  # compiles each variant once (dynamic shapes), and once more for a query offset
+            call(136, 136, *v)  # (S == L at the first compile makes the two sizes one symbol)
+            call(200, 140, *v)
+        assert torch._dynamo.config.recompile_limit >= 2 * len(variants)
+        with torch.compiler.set_stance("fail_on_recompile"):
+            for v in variants:
+                out = call(264, 264, *v)
+                call(300, 170, *v)  # queries are the last 170 of 300 keys (a cached prefix)
+                assert out.shape == (2, 4, 264, 16)
+    finally:
+        torch._dynamo.reset()
+        attention._mask_cache.clear()

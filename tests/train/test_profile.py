@@ -7,7 +7,7 @@ import torch
 from datasets import Dataset
 from transformers import Trainer, TrainingArguments
 
-from alignment.train.profile import ENV, StepProfiler, category, profile_callbacks
+from alignment.train.profile import ENV, StepProfiler, category, profile_callbacks, profile_path
 
 
 class _Regressor(torch.nn.Module):
@@ -68,3 +68,10 @@ def test_categories():
     assert category("aten::_flex_attention") == "attention"
     assert category("sm90_xmma_gemm_bf16") == "dense GEMM (projections, router, LM head)"
     assert category("aten::add_") == "other (elementwise, copies)"
+
+
+def test_profile_goes_beside_the_pruned_checkpoints(tmp_path):
+    stage = tmp_path / "run" / "reward"
+    assert profile_path(stage / "checkpoints") == stage / "profile.txt"
+    assert profile_path(stage / "checkpoints" / "pretrain") == stage / "profile_pretrain.txt"
+    assert profile_path(tmp_path / "out") == tmp_path / "out" / "profile.txt"

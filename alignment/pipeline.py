@@ -114,6 +114,9 @@ class RootConfig:
             by default they are deleted once the stage completes.
         lock_timeout (`float`, *optional*, defaults to `0`): seconds to wait when another process
             holds the run directory's lock (0: refuse at once, naming its pid; -1: wait for it).
+        vars (`dict`, *optional*): a recipe's own named values, read by interpolation
+            (``${vars.sweep_from}``) and set like any key (``vars.sweep_from=/tmp/runs/h100_small``);
+            the pipeline itself reads none of them.
     """
 
     pipeline: PipelineSpec = field(default_factory=PipelineSpec)
@@ -132,6 +135,7 @@ class RootConfig:
     max_row_bytes: int = 1 << 20
     keep_checkpoints: bool = False
     lock_timeout: float = 0.0
+    vars: dict[str, Any] = field(default_factory=dict)
 
 
 def register_configs() -> None:
@@ -185,7 +189,8 @@ def build_stage_config(name: str, block: DictConfig) -> tuple[Callable, Any, dic
         plain = OmegaConf.to_container(block, resolve=True)
     except OmegaConfBaseException as e:
         raise PipelineError(f"{where}: {e}") from None
-    inputs = {str(k): str(v) for k, v in (plain.pop("inputs", None) or {}).items()}
+    # an input set to null is dropped (a recipe removes one its stage defaults name)
+    inputs = {str(k): str(v) for k, v in (plain.pop("inputs", None) or {}).items() if v is not None}
     plain.pop("_target_")
     launch = {k: plain.pop(k) for k in ("accelerate", "num_processes") if k in plain}
     launch = {k: v for k, v in launch.items() if v is not None}  # recipes declare them as null

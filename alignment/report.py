@@ -53,14 +53,24 @@ def _is_score(metric: str) -> bool:
     return last == "acc" or (last.startswith("pass@") and not last.endswith(("_lo", "_hi")))
 
 
+def _read_json(path: Path):
+    """A JSON file's content, or None when it is missing or unreadable (a report never fails on it)."""
+    import json
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
 def _p(p: float) -> str:
     return "p<0.001" if p < 0.001 else f"p={p:.3g}"
 
 
-def eval_table(metrics: dict, order: list[str]) -> list[str]:
+def eval_table(metrics: dict, order: list[str], baseline: str | None = None) -> list[str]:
     """Markdown rows of the eval stage: per set (in the recipe's order) and checkpoint, greedy accuracy
     with its 95% interval, sampled pass@k where measured, format compliance, and the paired change
-    against the checkpoint before (McNemar's exact p)."""
+    against the checkpoint before, or against ``baseline`` (the eval's ``compare_to``) (McNemar's exact p)."""
     rows, sets = [], []
     for k, v in metrics.items():
         m = _EVAL_KEY.match(k)
@@ -87,7 +97,8 @@ def eval_table(metrics: dict, order: list[str]) -> list[str]:
                      fmt_cell, str(metrics.get(f"{base}/n", "-")), change))
     if not rows:
         return []
-    out = ["| set | checkpoint | greedy accuracy [95% CI] | sampled pass@k | format (change, McNemar) | n | change vs previous (McNemar) |",
+    against = f"`{baseline}`" if baseline else "previous"
+    out = [f"| set | checkpoint | greedy accuracy [95% CI] | sampled pass@k | format (change, McNemar) | n | change vs {against} (McNemar) |",
            "|---|---|---|---|---|---|---|"]
     for _, _, stage, set_name, *cells in sorted(rows, key=lambda r: (r[0], r[1])):
         out.append("| " + " | ".join([set_name, stage, *cells]) + " |")
@@ -111,7 +122,9 @@ def stage_table(manifest: Manifest, order: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _figures(stages: dict[str, dict], order: list[str]) -> list[tuple[str, bytes]]:
+def _figures(stages: dict[str, dict], order: list[str], checkpoints: list[str] | None = None) -> list[tuple[str, bytes]]:
+    """The report's plots. ``checkpoints``: the names eval metrics may carry, in plot order (default
+    ``order``; an eval of path inputs adds its own names)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -129,13 +142,14 @@ def _figures(stages: dict[str, dict], order: list[str]) -> list[tuple[str, bytes
         figs.append(("time_per_stage", fig))
 
     # eval metrics: accuracy of each stage's checkpoint on each held-out set
+    ck = checkpoints or order
     evals: dict[str, dict[str, float]] = {}
     bars: dict[str, dict[str, tuple[float, float]]] = {}  # 95% interval ends of the greedy scores
     for s in done:
         ms = stages[s].get("metrics", {})
         for k, v in ms.items():
             m = _EVAL_KEY.match(k)
-            if m and _num(v) and m["stage"] in order and _is_score(m["metric"]):
+            if m and _num(v) and m["stage"] in ck and _is_score(m["metric"]):
                 evals.setdefault(m["metric"], {})[m["stage"]] = float(v)
                 lo, hi = ms.get(f"{k}_lo"), ms.get(f"{k}_hi")
                 if _num(lo) and _num(hi):
@@ -143,7 +157,7 @@ def _figures(stages: dict[str, dict], order: list[str]) -> list[tuple[str, bytes
     if evals:
         fig, ax = plt.subplots(figsize=(9, 3.6))
         for metric, per_stage in sorted(evals.items()):
-            xs = [s for s in order if s in per_stage]
+            xs = [s for s in ck if s in per_stage]
             ys = [per_stage[s] for s in xs]
             err = bars.get(metric, {})
             yerr = [[err.get(s, (0, 0))[0] for s in xs], [err.get(s, (0, 0))[1] for s in xs]] if err else None
@@ -240,7 +254,11 @@ def write_report(run_dir: str | Path, order: list[str], title: str = "", card: d
     stages = Manifest(run_dir).stages
     title = title or f"Pipeline report: {run_dir.name}"
     card = machine_card() if card is None else card
-    images = _figures(stages, order)
+    # an eval names its checkpoints (its inputs may be paths, not stages of this run) and its baseline
+    evals = {s: info for s in order if isinstance(info := _read_json(run_dir / s / "report.json"), dict)
+             and isinstance(info.get("models"), list)}
+    checkpoints = list(order) + [m for info in evals.values() for m in info["models"] if m not in order]
+    images = _figures(stages, order, list(dict.fromkeys(checkpoints)))
     for name, png in images:
         atomic_write_bytes(run_dir / "report_assets" / f"{name}.png", png)
 
@@ -266,7 +284,8 @@ def write_report(run_dir: str | Path, order: list[str], title: str = "", card: d
     total = sum(e.get("wall_time_s", 0) for e in stages.values() if e.get("status") == "completed")
     md += ["", f"Total wall time of completed stages: {total:.1f} s", ""]
     for s in order:
-        table = eval_table(stages.get(s, {}).get("metrics", {}), order)
+        info = evals.get(s, {})
+        table = eval_table(stages.get(s, {}).get("metrics", {}), info.get("models") or order, info.get("compare_to"))
         if table:
             md += [f"## Held-out evaluation (`{s}`)", ""] + table + [""]
     md += [f"![{name}](report_assets/{name}.png)" for name, _ in images]

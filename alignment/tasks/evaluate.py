@@ -87,7 +87,7 @@ class EvalConfig:
         models (`list[str]`, *optional*): input names to evaluate; empty = every input.
         max_new_tokens (`int`, *optional*, defaults to `512`): per response.
         num_samples (`int`, *optional*, defaults to `10`): samples per code problem for pass@k (a set's own
-            ``num_samples`` overrides it, math sets included); 0 = greedy only.
+            ``num_samples`` overrides it, math sets included; a math set without one is greedy only).
         pass_k (`list[int]`, *optional*, defaults to `[1, 10]`): k values reported from the samples.
         temperature (`float`, *optional*, defaults to `0.8`): sampling temperature for pass@k.
         top_p (`float`, *optional*, defaults to `0.95`): nucleus mass for pass@k.
@@ -95,6 +95,9 @@ class EvalConfig:
         verify_workers (`int`, *optional*, defaults to `2`): concurrent sandboxes.
         seed (`int`, *optional*, defaults to `0`): sampling seed.
         device (`str`, *optional*, defaults to `""`): empty = the pipeline's device.
+        compare_to (`str`, *optional*): an input name; every other checkpoint's paired test is against
+            it (a sweep of candidates from one baseline). ``None``: each against the one before it
+            (a chain of stages).
     """
 
     sets: list[EvalSetSpec] = MISSING
@@ -109,6 +112,7 @@ class EvalConfig:
     verify_workers: int = 2
     seed: int = 0
     device: str = ""
+    compare_to: str | None = None
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -222,8 +226,9 @@ def _in_pipeline_order(ctx: StageContext) -> list[str]:
     return sorted(names, key=lambda n: rank.get(Path(ctx.inputs[n].dir).name, len(order)))
 
 
-def paired_comparisons(rows: list[dict], names: list[str]) -> dict[str, Any]:
-    """Each checkpoint against the one before it in ``names``, per set, on the greedy verdicts of the
+def paired_comparisons(rows: list[dict], names: list[str], baseline: str | None = None) -> dict[str, Any]:
+    """Each checkpoint against the one before it in ``names`` (or against ``baseline``, when given),
+    per set, on the greedy verdicts of the
     problems both could be judged on: ``<name>/<set>/delta`` (accuracy gained, in [-1, 1]) and
     ``<name>/<set>/p_mcnemar`` (McNemar's exact two-sided p-value; the stages' claim to a gain), and the
     same for format compliance (``format_delta``, ``format_p_mcnemar``: what a small model moves first)."""
@@ -232,7 +237,8 @@ def paired_comparisons(rows: list[dict], names: list[str]) -> dict[str, Any]:
         if r["mode"] == "greedy" and r["error_kind"] is None:
             verdicts.setdefault((r["model"], r["set"]), {})[r["problem_id"]] = (bool(r["passed"]), bool(r.get("formatted", True)))
     out: dict[str, Any] = {}
-    for prev, cur in zip(names, names[1:]):
+    pairs = [(baseline, n) for n in names if n != baseline] if baseline else list(zip(names, names[1:]))
+    for prev, cur in pairs:
         for (model, set_name), after in verdicts.items():
             if model != cur or (prev, set_name) not in verdicts:
                 continue
@@ -265,6 +271,10 @@ def run(cfg: EvalConfig, ctx: StageContext) -> StageResult:
     names = list(cfg.models) or _in_pipeline_order(ctx)
     if not names:
         raise ConfigError(f"stage {ctx.name}: no checkpoints to evaluate (give inputs, e.g. inputs: {{policy: sft_hard}})")
+    if cfg.compare_to is not None:
+        if cfg.compare_to not in names:
+            raise ConfigError(f"stage {ctx.name}: compare_to '{cfg.compare_to}' is not one of the checkpoints evaluated {names}")
+        names = [cfg.compare_to] + [n for n in names if n != cfg.compare_to]
     sets = load_eval_sets(list(cfg.sets))
     metrics: dict[str, Any] = {}
     rows: list[dict] = []
@@ -280,8 +290,9 @@ def run(cfg: EvalConfig, ctx: StageContext) -> StageResult:
         metrics.update(m)
         rows.extend(r)
     if not single:
-        metrics.update(paired_comparisons(rows, names))
+        metrics.update(paired_comparisons(rows, names, cfg.compare_to))
     ctx.stage_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(Path(ctx.stage_dir) / "report.json", {"models": names, "metrics": metrics, "sets": {n: len(p) for n, p in sets}})
+    atomic_write_json(Path(ctx.stage_dir) / "report.json", {"models": names, "compare_to": cfg.compare_to, "metrics": metrics,
+                                                            "sets": {n: len(p) for n, p in sets}})
     atomic_write_jsonl(Path(ctx.stage_dir) / "samples.jsonl", rows)
     return StageResult(outputs={"report": "report.json", "samples": "samples.jsonl"}, metrics=metrics)

@@ -148,8 +148,15 @@ def test_cli_reports_unknown_key_and_exits_nonzero(capsys):
 
 
 @pytest.mark.parametrize("recipe_file", sorted(p.stem for p in (REPO / "recipes" / "pipeline").glob("*.yaml")))
-def test_every_pipeline_recipe_composes_and_validates(recipe_file):
-    cfg = compose([f"pipeline={recipe_file}"])
+def test_every_pipeline_recipe_composes_and_validates(recipe_file, tmp_path):
+    overrides = [f"pipeline={recipe_file}"]
+    if recipe_file == "h100_dpo_sweep":  # reads a finished run: give it the two paths it names
+        (tmp_path / "sft_hard" / "model").mkdir(parents=True)
+        (tmp_path / "sft_hard" / "model" / "weights").write_text("x")
+        (tmp_path / "dpo_r1").mkdir()
+        (tmp_path / "dpo_r1" / "pairs.jsonl").write_text("{}\n")
+        overrides.append(f"vars.sweep_from={tmp_path}")
+    cfg = compose(overrides)
     planned = plan(cfg)  # imports every runner and checks every stage block against its schema
     assert [p.name for p in planned] == list(cfg.pipeline.order)
 
@@ -180,6 +187,26 @@ def test_eval_table_shows_intervals_and_paired_change():
     assert rows[2] == "| s | a | 0.250 [0.200, 0.310] | - | 0.900 | 200 | - |"
     assert rows[3] == "| s | b | 0.400 [0.330, 0.470] | pass@4 0.550 | 1.000 (+0.100, p=0.02) | 200 | +0.150 (p<0.001) |"
     assert rows[5] == "| first | b | 0.200 | - | - | - | +0.100 (p=0.0123) |"
+
+
+def test_eval_table_against_a_baseline_names_it():
+    from alignment.report import eval_table
+
+    metrics = {"sft_hard/s/acc": 0.4, "lr_a/s/acc": 0.3, "lr_a/s/delta": -0.1, "lr_a/s/p_mcnemar": 0.01}
+    rows = eval_table(metrics, ["sft_hard", "lr_a"], baseline="sft_hard")
+    assert rows[0].endswith("| change vs `sft_hard` (McNemar) |")
+    assert rows[3] == "| s | lr_a | 0.300 | - | - | - | -0.100 (p=0.01) |"
+
+
+def test_null_input_drops_a_default_input():
+    from omegaconf import OmegaConf
+
+    from alignment.pipeline import build_stage_config
+
+    block = OmegaConf.create({"_target_": "alignment.tasks.evaluate.run", "sets": [{"source": "templates", "split": "train_heldout"}],
+                              "inputs": {"sft_broad": None, "sft_hard": "/x/sft_hard/model"}})
+    _, _, inputs, _, identity = build_stage_config("eval", block)
+    assert inputs == {"sft_hard": "/x/sft_hard/model"} and identity["inputs"] == inputs
 
 
 def test_stage_under_accelerate_launch(tmp_path, capsys):

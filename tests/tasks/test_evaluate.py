@@ -115,6 +115,31 @@ def test_paired_comparisons_follow_input_order():
     assert out["sft/s/format_delta"] == 0.0  # rows without a format flag count as formatted
 
 
+def test_paired_comparisons_against_a_baseline():
+    """A sweep (eval compare_to): every candidate is tested against the one baseline, not its neighbour."""
+    def rows(model, passed):
+        return [{"model": model, "set": "s", "problem_id": i, "mode": "greedy", "passed": ok, "error_kind": None}
+                for i, ok in enumerate(passed)]
+
+    base = [True] * 10 + [False] * 10
+    worse = [False] * 20
+    better = [True] * 20
+    out = paired_comparisons(rows("sft_hard", base) + rows("lr_a", worse) + rows("lr_b", better),
+                             ["sft_hard", "lr_a", "lr_b"], baseline="sft_hard")
+    assert out["lr_a/s/delta"] == pytest.approx(-0.5) and out["lr_b/s/delta"] == pytest.approx(0.5)  # not lr_b vs lr_a (+1.0)
+    assert "sft_hard/s/delta" not in out
+
+
+def test_compare_to_must_be_evaluated(tmp_path):
+    from alignment.errors import ConfigError
+
+    inputs = {"sft_hard": InputArtifact("sft_hard", tmp_path / "m", {}, {})}
+    ctx = StageContext(name="eval", run_dir=tmp_path, stage_dir=tmp_path / "eval", inputs=inputs)
+    cfg = EvalConfig(sets=[EvalSetSpec(source="templates", split="train_heldout", n=4)], compare_to="sft_broad")
+    with pytest.raises(ConfigError, match="compare_to 'sft_broad' is not one of the checkpoints evaluated"):
+        run(cfg, ctx)
+
+
 def test_format_compliance_gets_its_own_paired_test():
     # what the tiny demo shows: no answer right before or after, but sft teaches the answer line
     def rows(model, formatted):

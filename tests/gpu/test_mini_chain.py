@@ -64,3 +64,15 @@ def test_base_publishes_chat_trainable_tokenizer(mini_run):
 def test_report_written(mini_run):
     run_dir, _ = mini_run
     assert (run_dir / "report.md").is_file() and (run_dir / "report.json").is_file()
+
+
+def test_flex_attention_stayed_compiled(mini_run):
+    """The whole chain runs in one process: FlexAttention must never fall back to its unfused path.
+
+    On 2026-12-01 h100_small hit TorchDynamo's recompile limit in sft_hard and every later stage ran
+    the fallback that materializes every score (alignment/kernels/attention.py, module docstring).
+    """
+    run_dir, _ = mini_run
+    log = (run_dir / "pytest_run.log").read_text()
+    assert "recompile_limit" not in log and "flex_attention called without torch.compile" not in log, \
+        [line for line in log.splitlines() if "recompile" in line or "without torch.compile" in line][:5]

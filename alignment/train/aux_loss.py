@@ -34,29 +34,43 @@ class MoEAuxLossMixin:
     Attributes:
         aux_log_key (`str`): log name of the aux loss (``aux_loss``; the DPO trainer uses
             ``moe_aux_loss``, as TRL's own DPO term is already logged as ``aux_loss``).
-        moe_logs (`dict[str, dict[str, list[float]]]`): values since the last log line, per mode
+        moe_logs (`dict[str, dict[str, list]]`): values (floats or 0-d tensors) since the last log line, per mode
             (``train``/``eval``) and name.
     """
 
     aux_log_key = "aux_loss"
 
     def __init__(self, *args, **kwargs):
-        self.moe_logs: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self.moe_logs: dict[str, dict[str, list]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         super().__init__(*args, **kwargs)
 
-    def log_moe(self, name: str, value: float, training: bool) -> None:
-        """Keep ``value`` for the mean written into the next log line of its mode."""
-        self.moe_logs["train" if training else "eval"][name].append(float(value))
+    def log_moe(self, name: str, value: float | torch.Tensor, training: bool) -> None:
+        """Keep ``value`` for the mean written into the next log line of its mode.
+
+        A tensor stays a (detached) tensor until that line is written: reading it now (``float``,
+        ``.item()``) would make the host wait for the forward pass between the forward and the
+        backward of every step, a pipeline bubble per value per step.
+        """
+        if isinstance(value, torch.Tensor):
+            value = value.detach()
+        self.moe_logs["train" if training else "eval"][name].append(value)
 
     def add_aux_loss(self, loss: torch.Tensor, aux: torch.Tensor | None, training: bool) -> torch.Tensor:
         """``loss`` plus the model's aux loss (:func:`add_aux_loss`), which is also logged."""
         if aux is not None:
-            self.log_moe(self.aux_log_key, aux.detach().float().item(), training)
+            self.log_moe(self.aux_log_key, aux, training)
         return add_aux_loss(loss, aux)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"
         prefix = "" if mode == "train" else "eval_"
-        logs.update({f"{prefix}{k}": sum(v) / len(v) for k, v in self.moe_logs[mode].items() if v})
+        logs.update({f"{prefix}{k}": _mean(v) for k, v in self.moe_logs[mode].items() if v})
         self.moe_logs[mode].clear()
         super().log(logs, start_time)
+
+
+def _mean(values: list) -> float:
+    """Mean of floats and 0-d tensors; the tensors are read in one host sync."""
+    tensors = [v.float().reshape(()) for v in values if isinstance(v, torch.Tensor)]
+    total = float(torch.stack([t.to(tensors[0].device) for t in tensors]).sum()) if tensors else 0.0
+    return (total + sum(float(v) for v in values if not isinstance(v, torch.Tensor))) / len(values)

@@ -125,11 +125,12 @@ class SFTStageConfig(TrainArgs):
 # --------------------------------------------------------------------------- loss
 
 
-def router_balance(router_stats: dict[str, torch.Tensor]) -> dict[str, float]:
+def router_balance(router_stats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Flat router-balance numbers from the model's ``router_stats`` (one row per MoE layer).
 
     ``load_max_over_mean``: busiest expert's token count over the mean (1.0 = perfectly even),
-    averaged over layers; ``load_cv``: coefficient of variation of the per-expert load.
+    averaged over layers; ``load_cv``: coefficient of variation of the per-expert load. Values are
+    0-d tensors on the model's device, read only when a log line is written (no sync per step).
     """
     if not router_stats:
         return {}
@@ -138,11 +139,11 @@ def router_balance(router_stats: dict[str, torch.Tensor]) -> dict[str, float]:
     if load_LE is not None:
         load_LE = load_LE.float()
         mean_L = load_LE.mean(-1).clamp_min(1e-9)
-        out["router/load_max_over_mean"] = float((load_LE.max(-1).values / mean_L).mean())
-        out["router/load_cv"] = float((load_LE.std(-1, unbiased=False) / mean_L).mean())
+        out["router/load_max_over_mean"] = (load_LE.max(-1).values / mean_L).mean()
+        out["router/load_cv"] = (load_LE.std(-1, unbiased=False) / mean_L).mean()
     for key in ("experts_per_token", "entropy", "aux_switch", "aux_ep", "aux_pep"):
         if key in router_stats:
-            out[f"router/{key}"] = float(router_stats[key].float().mean())
+            out[f"router/{key}"] = router_stats[key].float().mean()
     return out
 
 

@@ -48,7 +48,7 @@ def test_trainer_loss_is_shared_bt_plus_moe_aux(tiny_tokenizer, tmp_path):
         got = trainer.compute_loss(model, dict(batch))
     assert out.aux_loss.item() > 0  # the MoE layer really contributes a balance term
     assert got.item() == pytest.approx(want.item(), rel=1e-5)
-    assert trainer.moe_logs["train"]["aux_loss"] == [pytest.approx(out.aux_loss.item(), rel=1e-5)]
+    assert [float(v) for v in trainer.moe_logs["train"]["aux_loss"]] == [pytest.approx(out.aux_loss.item(), rel=1e-5)]
 
 
 def test_rm_learns_echo_preference(trained_rm, echo_task):

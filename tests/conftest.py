@@ -9,6 +9,12 @@ threads per process made a training step 20-30x slower.
 import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Converted GGUF checkpoints (alignment/model/upcycle.py) go to a folder of this test session,
+# not the user's ~/.cache; tests of the cache itself point it at their own tmp_path.
+if "YIALIGN_GGUF_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["YIALIGN_GGUF_CACHE"] = tempfile.mkdtemp(prefix="yialign-gguf-cache-")
 
 import torch  # noqa: E402
 

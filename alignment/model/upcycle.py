@@ -44,12 +44,16 @@ DENSE is a HF checkpoint folder or a ``.gguf`` file (SmolLM2-135M-Instruct ships
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from alignment.paths import INSTALL_HINT
+
+log = logging.getLogger(__name__)
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
 
@@ -69,9 +73,91 @@ def resolve_package_path(path: str | Path) -> Path:
     return Path(spec.submodule_search_locations[0]) / rel
 
 
+GGUF_CACHE_ENV = "YIALIGN_GGUF_CACHE"
+
+
+def gguf_cache_root() -> Path | None:
+    """Where converted GGUF checkpoints are kept: ``$YIALIGN_GGUF_CACHE`` (``off`` or empty: no
+    cache), else ``$XDG_CACHE_HOME/yi-align/gguf`` (default ``~/.cache/yi-align/gguf``)."""
+    value = os.environ.get(GGUF_CACHE_ENV)
+    if value is not None:
+        return None if value.strip().lower() in ("", "0", "off", "none", "false") else Path(value)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "yi-align" / "gguf"
+
+
+def _gguf_cache_dir(path: Path, dtype: torch.dtype) -> Path | None:
+    root = gguf_cache_root()
+    if root is None:
+        return None
+    import hashlib
+
+    import transformers
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    # the conversion is transformers' (and could change with it): its version is part of the key
+    return root / f"{path.stem}-{digest.hexdigest()[:16]}-{str(dtype).removeprefix('torch.')}-tf{transformers.__version__}"
+
+
+def _save_dequantized(model, folder: Path) -> None:
+    """``save_pretrained`` layout of a model loaded from GGUF (which transformers refuses to save: it
+    still counts as quantized, though its weights are plain dequantized tensors)."""
+    import json
+
+    from safetensors.torch import save_model
+
+    save_model(model, str(folder / "model.safetensors"), metadata={"format": "pt"})  # tied weights once
+    config = model.config.to_dict()
+    config.pop("quantization_config", None)
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
+
+
+def _load_gguf(path: Path, dtype: torch.dtype):
+    """A GGUF checkpoint, dequantized to ``dtype``, through a converted copy kept in the cache.
+
+    transformers parses the GGUF metadata once for the config, once for the weights and again for
+    the tokenizer (~20 s for SmolLM2-135M, nearly all of it Python parsing, not dequantization); the
+    copy loads in about a second. It is keyed by the file's SHA-256, the dtype and the transformers
+    version, written to a temp folder and renamed into place (two processes may race: the loser's
+    copy is dropped). A cache that cannot be written is skipped with a warning.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cached = _gguf_cache_dir(path, dtype)
+    if cached is not None and (cached / "config.json").is_file():
+        try:
+            return (AutoModelForCausalLM.from_pretrained(str(cached), dtype=dtype),
+                    AutoTokenizer.from_pretrained(str(cached)))
+        except (OSError, ValueError) as e:  # a damaged copy: convert again below (and replace it)
+            log.warning("GGUF cache %s unreadable (%s): converting %s again", cached, e, path.name)
+    # GGUF weights are dequantized to `dtype` on load (needs the gguf package)
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    if cached is not None:
+        import shutil
+        import tempfile
+
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{cached.name}.", dir=cached.parent))
+            _save_dequantized(model, tmp)
+            tokenizer.save_pretrained(tmp)
+            shutil.rmtree(cached, ignore_errors=True)  # a damaged copy
+            try:
+                os.replace(tmp, cached)
+            except OSError:  # another process put its copy there first
+                shutil.rmtree(tmp, ignore_errors=True)
+        except OSError as e:
+            log.warning("GGUF cache not written (%s); set %s=off to skip it", e, GGUF_CACHE_ENV)
+    return model, tokenizer
+
+
 def load_dense(path: str | Path, dtype: torch.dtype = torch.float32):
     """Load a dense causal LM and its tokenizer from a HF folder or a ``.gguf`` file
-    (``pkg:<package>/<file>`` names a file shipped inside an installed package)."""
+    (``pkg:<package>/<file>`` names a file shipped inside an installed package; a GGUF's converted
+    copy is cached, see :func:`_load_gguf`)."""
     path = resolve_package_path(path)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -79,9 +165,7 @@ def load_dense(path: str | Path, dtype: torch.dtype = torch.float32):
     if path.suffix == ".gguf":
         if not path.is_file():
             raise FileNotFoundError(f"{path}: GGUF file not found")
-        # GGUF weights are dequantized to `dtype` on load (needs the gguf package)
-        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        model, tokenizer = _load_gguf(path, dtype)
     else:
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path}: not a HF checkpoint folder (no config.json) and not a .gguf file")

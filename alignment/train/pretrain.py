@@ -194,6 +194,21 @@ def set_special_token_ids(model, tokenizer) -> None:
                 setattr(cfg, key, value)
 
 
+def upcycled_start(init_from: str, upcycle: dict[str, Any]):
+    """What the base stage starts from when ``init_from`` names a dense checkpoint: ``(model,
+    tokenizer, dense)``, the dense model upcycled to the MoE (``upcycle``: ``upcycle_dense``'s
+    arguments), the tokenizer in our chat format, the model pointed at its special ids.
+    The benchmarks and the GPU tests build h100_small's model through it."""
+    from alignment.model.tokenizer import adopt_chat_format
+    from alignment.model.upcycle import load_dense, upcycle_dense
+
+    dense, tokenizer = load_dense(init_from)
+    tokenizer = adopt_chat_format(tokenizer)  # our ChatML template, eos <|im_end|>, pad != eos
+    model = upcycle_dense(dense, **upcycle)
+    set_special_token_ids(model, tokenizer)
+    return model, tokenizer, dense
+
+
 # --------------------------------------------------------------------------- run
 
 
@@ -214,13 +229,7 @@ def run(cfg: BaseConfig, ctx: StageContext) -> StageResult:
 
     # ---- tokenizer and model
     if cfg.init_from:
-        from alignment.model.tokenizer import adopt_chat_format
-        from alignment.model.upcycle import load_dense, upcycle_dense
-
-        dense, tokenizer = load_dense(cfg.init_from)
-        tokenizer = adopt_chat_format(tokenizer)  # our ChatML template, eos <|im_end|>, pad != eos
-        model = upcycle_dense(dense, **cfg.upcycle)
-        set_special_token_ids(model, tokenizer)
+        model, tokenizer, dense = upcycled_start(cfg.init_from, cfg.upcycle)
         if cfg.calibrate_router_blocks > 0:
             from alignment.model.upcycle import calibrate_router
 

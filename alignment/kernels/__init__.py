@@ -32,7 +32,7 @@ import torch
 
 from alignment.kernels import reference
 
-__all__ = ["moe_experts", "rms_norm", "linear_cross_entropy", "hybrid_attention", "resolve_impl"]
+__all__ = ["moe_experts", "moe_experts_dense", "rms_norm", "linear_cross_entropy", "hybrid_attention", "resolve_impl"]
 
 _IMPLS = ("auto", "torch", "triton")
 
@@ -82,7 +82,13 @@ def moe_experts(x_TD, w_gate_up_E2ID, w_down_EDI, topk_idx_TK, topk_w_TK, impl: 
 
     x_TD [T, D]; w_gate_up_E2ID [E, 2I, D] (gate rows first); w_down_EDI [E, D, I];
     topk_idx_TK int64 [T, K] (-1 = unused slot); topk_w_TK float32 [T, K]. Returns y_TD in x's dtype.
+
+    With ``impl="auto"`` and K == E (every token's slots name every expert, as in a dense FFN
+    upcycled into E segments with top-E routing) there is nothing to route: :func:`moe_experts_dense`
+    runs two dense GEMMs over the experts side by side instead of the grouped kernel.
     """
+    if impl == "auto" and topk_idx_TK.shape[1] == w_gate_up_E2ID.shape[0]:
+        return moe_experts_dense(x_TD, w_gate_up_E2ID, w_down_EDI, topk_idx_TK, topk_w_TK)
     if resolve_impl(impl, x_TD.device) == "triton":
         fused = _triton("moe").moe_experts
         # the routing weights stay float32 (not a matmul operand); the output keeps x's dtype
@@ -90,6 +96,28 @@ def moe_experts(x_TD, w_gate_up_E2ID, w_down_EDI, topk_idx_TK, topk_w_TK, impl: 
                           x_TD.device, x_TD, w_gate_up_E2ID, w_down_EDI)
         return y.to(x_TD.dtype)
     return reference.moe_experts(x_TD, w_gate_up_E2ID, w_down_EDI, topk_idx_TK, topk_w_TK)
+
+
+def moe_experts_dense(x_TD, w_gate_up_E2ID, w_down_EDI, topk_idx_TK, topk_w_TK):
+    """:func:`moe_experts` as two dense GEMMs over all E experts side by side, each expert's hidden
+    activations scaled by its routing weight (0 for an expert no slot names) before the down
+    projection. The same math as the routed sum (the down projection is linear); it computes every
+    expert for every token, so it pays only when the routing is dense (K == E). Plain torch ops:
+    autocast and autograd treat it like any FFN, on every device.
+    """
+    T, D = x_TD.shape
+    E, two_I, _ = w_gate_up_E2ID.shape
+    I = two_I // 2
+    # routing weight of every (token, expert); unused slots (-1) add 0
+    w_TE = torch.zeros(T, E, device=x_TD.device, dtype=torch.float32).scatter_add_(
+        1, topk_idx_TK.clamp_min(0), torch.where(topk_idx_TK >= 0, topk_w_TK.float(), 0.0))
+    gu_TE2I = torch.matmul(x_TD, w_gate_up_E2ID.reshape(E * two_I, D).t()).view(T, E, two_I)
+    h_TEI = torch.nn.functional.silu(gu_TE2I[..., :I]) * gu_TE2I[..., I:]
+    h_TEI = h_TEI * w_TE[..., None].to(h_TEI.dtype)
+    # down projection of all experts at once: [T, E*I] @ [E*I, D]
+    w_down_EID = w_down_EDI.transpose(1, 2)
+    y_TD = torch.matmul(h_TEI.reshape(T, E * I), w_down_EID.reshape(E * I, D))
+    return y_TD.to(x_TD.dtype)
 
 
 def rms_norm(x, weight, eps: float, residual=None, impl: str = "auto"):

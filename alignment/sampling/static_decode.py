@@ -31,6 +31,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from alignment.kernels import moe_experts_dense
 from alignment.model.modeling import apply_rope, rope_cos_sin
 
 
@@ -98,16 +99,8 @@ class StaticDecoder:
     # ------------------------------------------------------------------ the step
     def _moe(self, moe, x_TD: torch.Tensor) -> torch.Tensor:
         _, _, idx_TK, w_TK = moe.route(x_TD)
-        E = moe.experts.num_experts
-        # Combine weights [T, E]: the router's weight where an expert was picked, 0 elsewhere (-1 slots add 0).
-        comb_TE = torch.zeros(x_TD.shape[0], E, device=x_TD.device, dtype=torch.float32)
-        comb_TE.scatter_add_(1, idx_TK.clamp_min(0), torch.where(idx_TK >= 0, w_TK, torch.zeros_like(w_TK)))
-        w_gu_E2ID, w_down_EDI = moe.experts.gate_up_proj, moe.experts.down_proj
-        I = w_down_EDI.shape[2]
-        gu_ET2I = torch.matmul(x_TD[None], w_gu_E2ID.transpose(1, 2))
-        h_ETI = F.silu(gu_ET2I[..., :I]) * gu_ET2I[..., I:]
-        y_ETD = torch.matmul(h_ETI, w_down_EDI.transpose(1, 2))
-        y_TD = torch.einsum("etd,te->td", y_ETD.float(), comb_TE).to(x_TD.dtype)
+        # every expert on every token, weighted by the router (0 where not picked): fixed shapes
+        y_TD = moe_experts_dense(x_TD, moe.experts.gate_up_proj, moe.experts.down_proj, idx_TK, w_TK)
         if moe.shared_experts is not None:
             y_TD = y_TD + moe.shared_experts(x_TD)
         return y_TD

@@ -62,6 +62,16 @@ def test_moe_autocast(shape):
     compare_under_autocast(lambda x, a, b, w, impl: kernels.moe_experts(x, a, b, idx, w, impl=impl), [x, w_gu, w_down, tw])
 
 
+def test_moe_dense_path_bf16_and_autocast():
+    # the upcycled SmolLM2 layer routes every token to all 8 experts: impl="auto" takes the dense path
+    T, D, I, E, K = MOE[1]
+    x, w_gu, w_down, idx, tw = _moe_inputs(T, D, I, E, K)
+    check_bf16(lambda x, a, b, w: kernels.moe_experts(x, a, b, idx, w),
+               lambda x, a, b, w: reference.moe_experts(x, a, b, idx, w), [x, w_gu, w_down, tw])
+    compare_under_autocast(lambda x, a, b, w, impl: kernels.moe_experts(x, a, b, idx, w, impl="auto" if impl == "triton" else impl),
+                           [x, w_gu, w_down, tw])
+
+
 @pytest.mark.parametrize("D", [576, 2048])
 def test_rms_norm_bf16_and_autocast(D):
     x, res, w = torch.randn(8, 2048, D, device=dev), torch.randn(8, 2048, D, device=dev), 1 + 0.1 * torch.randn(D, device=dev)

@@ -4,8 +4,9 @@
 where a key j is visible to query i only if j <= i, optionally i - j < sliding_window, and (with
 packing) seq_ids[j] == seq_ids[i]; queries are the last S of the L key positions (decode with a
 KV cache). Same contract as ``reference.hybrid_attention`` (SDPA with an explicit boolean mask),
-but the mask is a ``mask_mod`` that FlexAttention turns into a block-sparse ``BlockMask``: fully
-masked blocks (outside the window, other samples) are skipped, not computed and discarded.
+but the mask is a ``mask_mod`` plus a block-sparse ``BlockMask`` (``block_mask_from_ranges``:
+classified per 128x128 block from position and seq_id ranges, not per element): fully masked
+blocks (outside the window, other samples) are skipped, not computed and discarded.
 
 Why FlexAttention rather than a hand-written Triton kernel: it already fuses sliding-window and
 block-causal masks with block skipping, forward and backward; bench/attention.py measures it
@@ -47,11 +48,12 @@ from collections import OrderedDict
 
 import torch
 import torch._dynamo
-from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 from alignment.kernels import reference
 
 FLEX_MIN_QUERIES = 128
+BLOCK = 128  # FlexAttention's default block size on both axes
 RECOMPILE_LIMIT = 64  # >= the 16 variants named in the module docstring, each with and without a query offset
 _MASK_CACHE_SIZE = 8
 _BLOCK_TENSORS = ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices",
@@ -79,6 +81,66 @@ def _flex():
     return _compiled_flex
 
 
+def block_mask_from_ranges(mask_mod, S: int, L: int, sliding_window: int | None, seq_ids_BS: torch.Tensor | None,
+                           device, block: int = BLOCK) -> BlockMask:
+    """The ``BlockMask`` of :func:`hybrid_attention`'s mask, classified per block pair, not per element.
+
+    ``create_block_mask`` evaluates ``mask_mod`` on every (query, key) pair: for one packed 16K-token
+    training row that is two [16K, 16K] grids per forward (sliding and full), ~270M elements through
+    several int64 ops each. Here each (query block, key block) pair is classified from its position
+    range and its seq_id range (min and max per block) in [B, S/128, L/128] work:
+    empty when no pair can be visible (keys all after the queries, all outside the window, or seq_id
+    ranges disjoint); full when every pair is (keys all at or before the queries and inside the
+    window, one and the same seq_id on both sides, no padding to the block size); partial otherwise,
+    where ``mask_mod`` decides per element. "Partial" may include a block whose pairs all fail (ranges
+    that meet without a shared seq_id): it costs one masked-out block, never a wrong result.
+    Queries are the last S of the L keys.
+    """
+    nq, nk = -(-S // block), -(-L // block)
+    offset = L - S
+    q_lo = torch.arange(nq, device=device) * block  # query index range of each block, then its absolute position
+    q_hi = torch.clamp(q_lo + block - 1, max=S - 1)
+    k_lo = torch.arange(nk, device=device) * block
+    k_hi = torch.clamp(k_lo + block - 1, max=L - 1)
+    qa_lo, qa_hi = (q_lo + offset)[:, None], (q_hi + offset)[:, None]
+    k_lo, k_hi = k_lo[None, :], k_hi[None, :]
+    some = k_lo <= qa_hi  # [nq, nk]: causal for some pair
+    every = k_hi <= qa_lo
+    if sliding_window is not None:
+        some = some & (qa_lo - k_hi < sliding_window)
+        every = every & (qa_hi - k_lo < sliding_window)
+    every = every & ((q_lo + block <= S)[:, None]) & ((k_lo + block <= L))  # blocks padded past the end: partial
+    some, every = some[None], every[None]  # [1, nq, nk]
+    if seq_ids_BS is not None:
+        B = seq_ids_BS.shape[0]
+        ids = seq_ids_BS.long()
+        big = torch.iinfo(torch.long).max
+
+        def ranges(x, n):  # per-block min and max of x [B, n*block - pad]
+            pad = n * block - x.shape[1]
+            lo = torch.nn.functional.pad(x, (0, pad), value=big).view(B, n, block).amin(-1)
+            hi = torch.nn.functional.pad(x, (0, pad), value=-big).view(B, n, block).amax(-1)
+            return lo, hi
+
+        qid_lo, qid_hi = ranges(ids[:, offset:], nq)
+        kid_lo, kid_hi = ranges(ids, nk)
+        meet = (qid_lo[:, :, None] <= kid_hi[:, None, :]) & (kid_lo[:, None, :] <= qid_hi[:, :, None])
+        one = ((qid_lo == qid_hi)[:, :, None] & (kid_lo == kid_hi)[:, None, :]
+               & (qid_lo[:, :, None] == kid_lo[:, None, :]))
+        some, every = some & meet, every & one
+    partial = some & ~every
+
+    def listing(sel_BQK):  # (count per query block, key block indices with the selected ones first)
+        num = sel_BQK.sum(-1, dtype=torch.int32)
+        idx = torch.argsort((~sel_BQK).to(torch.int8), dim=-1, stable=True).to(torch.int32)
+        return num[:, None], idx[:, None]
+
+    kv_num, kv_idx = listing(partial)
+    full_num, full_idx = listing(every)
+    return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=block, mask_mod=mask_mod,
+                                    seq_lengths=(S, L))
+
+
 def _block_mask(B: int, S: int, L: int, sliding_window: int | None, seq_ids_BS: torch.Tensor | None, device):
     key = (B, S, L, sliding_window, str(device),
            None if seq_ids_BS is None else (seq_ids_BS.data_ptr(), seq_ids_BS._version, tuple(seq_ids_BS.shape)))
@@ -103,7 +165,7 @@ def _block_mask(B: int, S: int, L: int, sliding_window: int | None, seq_ids_BS: 
             keep = keep & (seq_ids_BS[b, qi] == seq_ids_BS[b, ki])
         return keep
 
-    bm = create_block_mask(mask_mod, B if seq_ids_BS is not None else None, None, S, L, device=device)
+    bm = block_mask_from_ranges(mask_mod, S, L, sliding_window, seq_ids_BS, device)
     # ``dynamic=True`` reaches the query and keys but not the BlockMask's own tensors: without this,
     # each new block count (every 128 positions) was a recompile
     for name in _BLOCK_TENSORS:

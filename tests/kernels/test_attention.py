@@ -120,3 +120,44 @@ def test_compiled_flex_compiles_each_variant_once_not_each_length(device):
     finally:
         torch._dynamo.reset()
         attention._mask_cache.clear()
+
+
+@pytest.mark.parametrize("S,L,window,packed", [(100, 100, None, True), (100, 100, 13, True), (37, 100, 20, True),
+                                               (96, 96, None, False), (61, 99, 9, False), (100, 100, 40, True)])
+def test_block_mask_from_ranges_is_exact_per_element(S, L, window, packed):
+    # Blocks of 8 so that these sizes hold empty, full and partial blocks; full blocks skip mask_mod
+    # and empty ones are never computed, so the mask the kernel applies must equal mask_mod everywhere.
+    from alignment.kernels.attention import block_mask_from_ranges
+
+    B, blk = 2, 8
+    gen = torch.Generator().manual_seed(S * L + (window or 0))
+    ids = seq_ids(B, L, gen) if packed else None
+    off = L - S
+
+    def mask_mod(b, h, q, k):
+        qp = q + off
+        keep = (k <= qp) & ((qp - k < window) if window else True)
+        return keep & (ids[b, qp] == ids[b, k]) if packed else keep
+
+    bm = block_mask_from_ranges(mask_mod, S, L, window, ids, "cpu", block=blk)
+    b_, q_, k_ = torch.meshgrid(torch.arange(B), torch.arange(S), torch.arange(L), indexing="ij")
+    want = mask_mod(b_, 0, q_, k_)
+    if not packed:
+        want = want.expand(B, S, L)
+    got = torch.zeros(B, S, L, dtype=torch.bool)
+    kinds = {"partial": 0, "full": 0}
+    for b in range(B):
+        bb = min(b, bm.kv_num_blocks.shape[0] - 1)
+        for i in range(-(-S // blk)):
+            qs = slice(i * blk, min((i + 1) * blk, S))
+            for kind, num, idx in (("partial", bm.kv_num_blocks, bm.kv_indices),
+                                   ("full", bm.full_kv_num_blocks, bm.full_kv_indices)):
+                for j in idx[bb, 0, i, : num[bb, 0, i]].tolist():
+                    ks = slice(j * blk, min((j + 1) * blk, L))
+                    got[b, qs, ks] = want[b, qs, ks] if kind == "partial" else True
+                    kinds[kind] += 1
+    assert torch.equal(got, want)
+    assert kinds["partial"] > 0
+    assert kinds["full"] > 0 or (window is not None and window < 2 * blk)  # a narrow window fills no block
+    # the shapes FlexAttention expects: [B or 1, 1, q blocks] counts, [.., k blocks] indices
+    assert bm.kv_indices.shape[-2:] == (-(-S // blk), -(-L // blk))

@@ -119,24 +119,29 @@ def test_attention_bf16_and_autocast(window, packed):
 
 
 def test_upcycled_model_step_bf16_autocast_matches_torch_path(upcycled):
-    """A whole training forward+backward of the upcycled SmolLM2 under autocast: fused path vs torch path."""
+    """A whole training forward+backward of the upcycled SmolLM2 under bf16 autocast, fused path and
+    torch path, each against the torch path in float32: over 30 layers bf16 rounding alone moves a
+    deep layer's gradient by several percent, so the fused path must be about as close to fp32 as the
+    torch path is, not equal to it."""
     model, tok = upcycled
     ids = torch.randint(0, len(tok), (4, 512), device=dev)
-    losses, grads = [], []
-    for impl in ("torch", "triton"):
+    losses, grads = {}, {}
+    for impl, bf16 in (("torch", False), ("torch", True), ("triton", True)):
         model.config.impl = impl
         for mod in model.modules():
             if hasattr(mod, "impl"):
                 mod.impl = impl
         model.zero_grad(set_to_none=True)
         model.train()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
             loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
-        losses.append(loss.item())
         g = model.model.layers[3].mlp.experts.gate_up_proj.grad
         assert g.dtype == torch.float32
-        grads.append(g.clone())
+        losses[impl, bf16], grads[impl, bf16] = loss.item(), g.clone()
     model.eval().zero_grad(set_to_none=True)
-    assert abs(losses[0] - losses[1]) < 1e-2 * abs(losses[0])
-    assert rel_err(grads[1], grads[0]) < 5e-2
+    ref_loss, ref_grad = losses["torch", False], grads["torch", False]
+    assert abs(losses["triton", True] - ref_loss) < 1e-2 * abs(ref_loss)
+    torch_err = rel_err(grads["torch", True], ref_grad)
+    fused_err = rel_err(grads["triton", True], ref_grad)
+    assert fused_err < max(2 * torch_err, 1e-2), (fused_err, torch_err)

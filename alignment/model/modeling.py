@@ -358,20 +358,19 @@ def realign_cpu_tensors(model: nn.Module, alignment: int = CPU_ALIGNMENT) -> int
 
 def _packing_seq_ids(position_ids_BS, attention_mask_BS):
     """Sample id per position: a new sample starts where position_ids restart at 0 (padding-free
-    packing) or where the attention mask turns from pad to real (left padding). None when each row is
-    one sample (plain causal attention is then enough).
+    packing) or where the attention mask turns from pad to real (left padding).
 
-    Right padding (real tokens, then pads: the trainers' and the reward scorer's batches) starts no
-    sample: every real query sits before every pad key, so causal attention already hides the pads
-    from the real tokens, and the pads' own outputs are never read. Such batches then take the
-    plain causal path (one cached mask per shape) instead of a per-batch packing mask."""
+    Computed on the device without asking whether any row holds a second sample: that question
+    (one ``bool()``) made the host wait for the GPU at the start of every forward. A batch whose
+    rows are one sample each gets one id per row and the same attention as plain causal; with right
+    padding (the trainers' and the reward scorer's batches) the trailing pads share their row's id,
+    which changes nothing for the real tokens (they sit before every pad). The caller passes
+    neither position_ids nor a mask for plain causal batches (None: no per-batch mask at all)."""
     starts = position_ids_BS == 0
     if attention_mask_BS is not None:
         m = attention_mask_BS.bool()
         starts = starts | torch.cat([torch.zeros_like(m[:, :1]), m[:, 1:] & ~m[:, :-1]], dim=1)
     starts[:, 0] = True
-    if not bool(starts[:, 1:].any()):
-        return None
     return starts.long().cumsum(-1)
 
 
@@ -425,6 +424,7 @@ class YiLightningModel(YiLightningPreTrainedModel):
         if attention_mask is not None and attention_mask.dim() != 2:
             raise ValueError(f"attention_mask must be 2D [batch, seq], got shape {tuple(attention_mask.shape)}")
 
+        plain_causal = position_ids is None and attention_mask is None  # one sample per row, no padding
         if position_ids is None:
             if attention_mask is not None:
                 # Left padding (generate): positions count real tokens only, as HF models do.
@@ -434,7 +434,7 @@ class YiLightningModel(YiLightningPreTrainedModel):
         query_mask = attention_mask[:, -S:] if attention_mask is not None else None
         ctx = AttentionContext(
             past_len=past_len,
-            seq_ids_BS=_packing_seq_ids(position_ids, query_mask) if past_len == 0 else None,
+            seq_ids_BS=_packing_seq_ids(position_ids, query_mask) if past_len == 0 and not plain_causal else None,
             key_valid_BL=attention_mask,
         )
         cos, sin = rope_cos_sin(self.config, position_ids, inputs_embeds.dtype)

@@ -120,7 +120,8 @@ def per_sample_mean(values_BT: torch.Tensor, mask_BT: torch.Tensor, sample_ids_B
         values_BT (`torch.Tensor`): ``[B, T]`` per-token values (e.g. negative log-probs).
         mask_BT (`torch.Tensor`): ``[B, T]`` bool, which tokens count.
         sample_ids_BT (`torch.Tensor`, *optional*): ``[B, T]`` sample id of each position (packing;
-            see :func:`sample_ids_from_position_ids`). Defaults to one sample per row.
+            see :func:`sample_ids_from_position_ids`), each in ``[0, B*T + B)``. Defaults to one
+            sample per row.
 
     Returns:
         `torch.Tensor`: scalar (float32; ``0.0`` times the values' sum when no token counts, so the
@@ -129,17 +130,19 @@ def per_sample_mean(values_BT: torch.Tensor, mask_BT: torch.Tensor, sample_ids_B
     if sample_ids_BT is None:
         rows = torch.arange(values_BT.shape[0], device=values_BT.device)
         sample_ids_BT = rows.unsqueeze(1).expand_as(values_BT)
-    mask = mask_BT.bool()
-    ids = sample_ids_BT[mask]
-    vals = values_BT[mask].float()
-    if ids.numel() == 0:
-        return values_BT.float().sum() * 0.0
-    # Compact the ids so the scatter buffers are only as large as the number of samples present.
-    uniq, dense = torch.unique(ids, return_inverse=True)
-    n = uniq.numel()
-    sums = torch.zeros(n, device=vals.device, dtype=vals.dtype).index_add(0, dense, vals)
-    counts = torch.zeros(n, device=vals.device, dtype=vals.dtype).index_add(0, dense, torch.ones_like(vals))
-    return (sums / counts).mean()
+    # Fixed-size buffers instead of compacting the ids with a boolean index or unique(), which would
+    # make the host wait for the forward pass mid-step. Ids from sample_ids_from_position_ids over
+    # [B, T] are < B*T; over the [B, T+1] row before a next-token shift still < B*T + B.
+    mask = mask_BT.bool().reshape(-1)
+    ids = sample_ids_BT.reshape(-1)
+    vals = torch.where(mask, values_BT.reshape(-1).float(), 0.0)  # masked-out values may be anything, NaN included
+    weight = mask.float()
+    size = ids.numel() + values_BT.shape[0]
+    sums = torch.zeros(size, device=vals.device, dtype=vals.dtype).index_add(0, ids, vals)
+    counts = torch.zeros(size, device=vals.device, dtype=vals.dtype).index_add(0, ids, weight)
+    present = counts > 0
+    # no counted token at all: 0, still connected to the values (their gradient is 0)
+    return (sums / counts.clamp(min=1.0)).sum() / present.sum().clamp(min=1)
 
 
 def per_sample_mean_loss(

@@ -128,9 +128,9 @@ def test_external_attention_backend_goes_through_attention_interface():
 
 @pytest.mark.parametrize("impl", ["torch", "triton"])
 def test_right_padding_is_plain_causal_and_matches_each_row_alone(impl):
-    # Trainer and reward-scorer batches are right-padded: the real tokens come first, so causal attention
-    # already hides the pads and the batch takes the plain causal path (no per-batch packing mask). Left
-    # padding (the sampler's prefill) still starts a sample where the real tokens begin.
+    # Trainer and reward-scorer batches are right-padded: the real tokens come first and share one sample
+    # id (the trailing pads may share it: causality hides them), so each row attends as it would alone. Left padding (the
+    # sampler's prefill) starts a sample where the real tokens begin. No host sync decides either.
     pytest.importorskip("triton") if impl == "triton" else None
     from alignment.model.modeling import _packing_seq_ids
 
@@ -142,9 +142,13 @@ def test_right_padding_is_plain_causal_and_matches_each_row_alone(impl):
     for r, n in enumerate(lens):
         mask[r, :n] = 1
     pos = (mask.cumsum(-1) - 1).clamp_min(0)
-    assert _packing_seq_ids(pos, mask) is None
-    left = mask.flip(-1)
-    assert _packing_seq_ids((left.cumsum(-1) - 1).clamp_min(0), left) is not None
+    for m, left in ((mask, False), (mask.flip(-1), True)):
+        ids = _packing_seq_ids((m.cumsum(-1) - 1).clamp_min(0), m)
+        for r in range(len(lens)):
+            real, pads = ids[r][m[r].bool()], ids[r][~m[r].bool()]
+            assert real.unique().numel() == 1, "a row's real tokens are one sample"
+            if left:  # pads before the real tokens must not be visible to them
+                assert not torch.isin(pads, real).any()
     with torch.no_grad():
         batched = model(input_ids=x, attention_mask=mask, use_cache=False).logits
         for r, n in enumerate(lens):

@@ -151,3 +151,13 @@ def test_dpo_label_smoothing_and_validation():
     with pytest.raises(ValueError, match="beta"):
         dpo_loss(pc, pr, rc, rr, beta=0.0)
     assert torch.allclose(dpo_implicit_rewards(pc, rc, 0.5), torch.tensor([0.5]))
+
+
+def test_per_sample_mean_with_shifted_packed_ids_and_nan_outside_the_mask():
+    # sft_loss shifts the ids by one position ([:, 1:]): the largest id can then reach B*T_shifted + B - 1
+    pos = torch.tensor([[0, 0, 0, 0, 0], [0, 1, 0, 0, 1]])
+    ids = sample_ids_from_position_ids(pos)[:, 1:]
+    values = torch.tensor([[1.0, 2.0, 3.0, 4.0], [float("nan"), 5.0, 6.0, 8.0]])
+    mask = torch.tensor([[1, 1, 1, 1], [0, 1, 1, 1]]).bool()
+    # samples: 1,2,3,4 (first row, one token each), then {5} and {6, 8}: per-sample means 1,2,3,4,5,7
+    assert per_sample_mean(values, mask, ids).item() == pytest.approx((1 + 2 + 3 + 4 + 5 + 7) / 6)

@@ -38,7 +38,7 @@ RULES: dict[str, Rule] = {
         "max_depth", "workers", "verify_workers", "batch_problems", "code_timeout_s", "ngram", "min_tokens",
         "target_count", "size", "max_rows", "max_pairs", "pool_per_source", "expand_to", "n", "r", "alpha",
         "tensor_parallel_size", "data_parallel_size", "max_chars_per_source", "tokenizer_max_chars_per_source",
-        "num_threads", "sft_size", "max_row_bytes", "pass_k",
+        "num_threads", "sft_size", "max_row_bytes", "pass_k", "per_prompt",
     ), _POS),
     **dict.fromkeys((
         "weight_decay", "max_grad_norm", "warmup_steps", "eval_blocks", "calibrate_router_blocks", "kl_samples",

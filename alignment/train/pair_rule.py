@@ -1,4 +1,5 @@
-"""The online-DPO pair rule: n scored candidates of one prompt -> at most one preference pair.
+"""The online-DPO pair rule: n scored candidates of one prompt -> a preference pair (or, with
+``per_prompt``, several from distinct candidates).
 
 The Yi-Lightning recipe samples 16 responses per prompt from the newest policy, scores each with
 the reward model, and trains DPO on "highest vs lowest" with a minimum reward gap. Where the
@@ -55,12 +56,16 @@ class PairRule:
             ``veto``, ``bonus`` or ``ignore`` (see the module docstring).
         verifier_bonus (`float`, *optional*, defaults to `1.0`): added to a passed candidate's score
             in ``bonus`` mode.
+        per_prompt (`int`, *optional*, defaults to `1`): up to this many pairs per prompt, each from
+            two candidates no earlier pair used (:func:`select_pairs`: the rule applied again to the
+            rest, so best with worst, then second best with second worst, ...); 1 is the report's rule.
     """
 
     rule: str = "best_worst"
     min_gap: float = 0.5
     verifier: str = "veto"
     verifier_bonus: float = 1.0
+    per_prompt: int = 1
 
     def __post_init__(self):
         if self.rule not in RULES:
@@ -69,6 +74,8 @@ class PairRule:
             raise ValueError(f"pair verifier mode must be one of {VERIFIER_MODES}, got {self.verifier!r}")
         if not self.min_gap >= 0:
             raise ValueError(f"pair min_gap must be >= 0, got {self.min_gap}")
+        if not (isinstance(self.per_prompt, int) and self.per_prompt >= 1):
+            raise ValueError(f"pair per_prompt must be an integer >= 1, got {self.per_prompt!r}")
 
 
 @dataclass
@@ -181,6 +188,33 @@ def select_pair(cands: Sequence[Candidate], rule: PairRule, rng: random.Random |
     )
 
 
+def select_pairs(cands: Sequence[Candidate], rule: PairRule, rng: random.Random | None = None) -> list[Pair] | Drop:
+    """Up to ``rule.per_prompt`` pairs of one prompt, no candidate in two of them.
+
+    The first pair is :func:`select_pair`'s; each next one is the same rule over the candidates
+    left. A pair with the same two texts as an earlier one is skipped (its candidates still count as
+    used). The prompt's drop reason when not even one pair is kept.
+    """
+    first = select_pair(cands, rule, rng)
+    if isinstance(first, Drop):
+        return first
+    pairs, used = [first], {first.chosen, first.rejected}
+    seen = {(cands[first.chosen].text, cands[first.rejected].text)}
+    while len(pairs) < rule.per_prompt:
+        rest = [i for i in range(len(cands)) if i not in used]
+        nxt = select_pair([cands[i] for i in rest], rule, rng)
+        if isinstance(nxt, Drop):
+            break
+        pair = Pair(chosen=rest[nxt.chosen], rejected=rest[nxt.rejected], chosen_score=nxt.chosen_score,
+                    rejected_score=nxt.rejected_score, why=nxt.why)
+        used |= {pair.chosen, pair.rejected}
+        texts = (cands[pair.chosen].text, cands[pair.rejected].text)
+        if texts not in seen:
+            seen.add(texts)
+            pairs.append(pair)
+    return pairs
+
+
 @dataclass
 class PairStats:
     """Counts over a round's prompts: kept pairs, drop reasons, margins."""
@@ -191,19 +225,22 @@ class PairStats:
     drops: Counter = field(default_factory=Counter)
     margins: list[float] = field(default_factory=list)
 
-    def add(self, result: Pair | Drop) -> None:
+    def add(self, result: Pair | list[Pair] | Drop) -> None:
+        """One prompt's outcome: its pair, its pairs (:func:`select_pairs`), or why it has none."""
         self.prompts += 1
         if isinstance(result, Drop):
             self.drops[result.reason] += 1
             return
-        self.pairs += 1
-        self.by_verifier += result.why == "verifier"
-        self.margins.append(result.margin)
+        for pair in result if isinstance(result, list) else [result]:
+            self.pairs += 1
+            self.by_verifier += pair.why == "verifier"
+            self.margins.append(pair.margin)
 
     def as_metrics(self) -> dict[str, float | int]:
         out: dict[str, float | int] = {
             "pairs": self.pairs,
             "pairs_per_prompt": self.pairs / self.prompts if self.prompts else 0.0,
+            "prompts_with_pairs": self.prompts - sum(self.drops.values()),
             "pairs_by_verifier": self.by_verifier,
             "pair_margin_mean": sum(self.margins) / len(self.margins) if self.margins else 0.0,
             "pair_margin_min": min(self.margins) if self.margins else 0.0,

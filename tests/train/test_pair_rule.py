@@ -100,3 +100,33 @@ def test_unsafe_candidate_is_never_chosen_and_is_rejected_first():
         pair = select_pair(cands, PairRule(verifier=mode, min_gap=0.5))
         assert (pair.chosen, pair.rejected, pair.why) == (1, 0, "safety")
     assert select_pair([Candidate("a", 1.0, unsafe=True), Candidate("b", 0.0, unsafe=True)], PairRule()).reason == "all_failed"
+
+
+def test_several_pairs_per_prompt_pair_best_with_worst_without_reusing_a_candidate():
+    from alignment.train.pair_rule import select_pairs
+
+    # passed: rewards 3, 2, 1 (indices 0-2); failed: rewards 0.5, -1, -2 (3-5); one duplicate of 5's text
+    cands = [Candidate("a", 3.0, True), Candidate("b", 2.0, True), Candidate("c", 1.0, True),
+             Candidate("x", 0.5, False), Candidate("y", -1.0, False), Candidate("z", -2.0, False)]
+    pairs = select_pairs(cands, PairRule(per_prompt=5))
+    assert [(p.chosen, p.rejected) for p in pairs] == [(0, 5), (1, 4), (2, 3)]  # best-worst, then the next ones
+    assert all(p.why == "verifier" for p in pairs)
+    assert len(select_pairs(cands, PairRule(per_prompt=2))) == 2
+    assert [(p.chosen, p.rejected) for p in select_pairs(cands, PairRule())] == [(0, 5)]  # the report's one pair
+    # a pair repeating the texts of an earlier one is skipped
+    dup = cands + [Candidate("a", 2.5, True), Candidate("z", -3.0, False)]
+    assert [(dup[p.chosen].text, dup[p.rejected].text) for p in select_pairs(dup, PairRule(per_prompt=4))] == [
+        ("a", "z"), ("b", "y"), ("c", "x")]
+    # no pair at all: the first pair's drop reason
+    assert select_pairs([Candidate("x", 1.0, False), Candidate("y", 0.0, False)], PairRule(per_prompt=3)) == Drop("all_failed")
+    stats = PairStats()
+    stats.add(pairs)
+    stats.add(Drop("all_failed"))
+    m = stats.as_metrics()
+    assert (m["pairs"], m["prompts_with_pairs"], m["pairs_per_prompt"], m["dropped_all_failed"]) == (3, 1, 1.5, 1)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5])
+def test_per_prompt_must_be_a_positive_integer(bad):
+    with pytest.raises(ValueError, match="per_prompt"):
+        PairRule(per_prompt=bad)

@@ -6,7 +6,7 @@ One round, top to bottom (:func:`run_round`)::
     sampler(policy) -> n candidates per prompt          free the sampler
     scorer(rm)      -> reward per candidate             free the scorer
     verifier(kind)  -> passed / failed / unknown        (prompts with a known answer only)
-    pair_rule.select_pair per prompt -> pairs.jsonl
+    pair_rule.select_pairs per prompt -> pairs.jsonl
     policy = load(policy); ref log-probs cached (TRL precompute); DPO; save -> round<k>/model
     KL(ref || policy) on the candidates, DPO accuracy/margin on the pairs after the step
 """
@@ -37,7 +37,7 @@ from alignment.train.online_dpo.config import OnlineDPOConfig
 from alignment.train.online_dpo.rollout import (PromptItem, candidate_metrics, free_accelerator_memory,
                                                 generate_candidates, score_candidates, select_frontier)
 from alignment.train.online_dpo.shard import Shard, current, prompt_seed
-from alignment.train.pair_rule import Candidate, Drop, PairRule, PairStats, select_pair
+from alignment.train.pair_rule import Candidate, Drop, PairRule, PairStats, select_pairs
 
 HEADLINE = ("pairs", "rm_score_mean", "rm_score_max", "verifier_pass_rate", "dpo_post_reward_accuracy",
             "dpo_post_reward_margin", "kl_ref_k3", "round_s")
@@ -258,18 +258,19 @@ def build_pairs(rows: Sequence[dict], rule: PairRule, seed: int, round_idx: int)
     stats, out = PairStats(), []
     for r in rows:
         cands = [Candidate(s["text"], s["reward"], s["passed"], s.get("unsafe", False)) for s in r["samples"]]
-        result = select_pair(cands, rule, rng)
+        result = select_pairs(cands, rule, rng)
         stats.add(result)
         if isinstance(result, Drop):
             continue
-        c, j = r["samples"][result.chosen], r["samples"][result.rejected]
-        out.append({
-            "prompt": r["prompt"], "chosen": c["text"], "rejected": j["text"],
-            "id": r["id"], "round": round_idx, "why": result.why, "margin": result.margin,
-            "chosen_reward": c["reward"], "rejected_reward": j["reward"],
-            "chosen_passed": c["passed"], "rejected_passed": j["passed"],
-            "chosen_index": result.chosen, "rejected_index": result.rejected,
-        })
+        for pair in result:
+            c, j = r["samples"][pair.chosen], r["samples"][pair.rejected]
+            out.append({
+                "prompt": r["prompt"], "chosen": c["text"], "rejected": j["text"],
+                "id": r["id"], "round": round_idx, "why": pair.why, "margin": pair.margin,
+                "chosen_reward": c["reward"], "rejected_reward": j["reward"],
+                "chosen_passed": c["passed"], "rejected_passed": j["passed"],
+                "chosen_index": pair.chosen, "rejected_index": pair.rejected,
+            })
     return out, stats
 
 

@@ -35,10 +35,21 @@ from alignment.kernels import moe_experts_dense
 from alignment.model.modeling import apply_rope, rope_cos_sin
 
 
+def _fused_qkv_weights(model) -> list[torch.Tensor]:
+    """Per layer, the query (and, for a K/V owner, key and value) projection weights stacked into
+    one ``[out, D]`` matrix."""
+    out = []
+    for layer in model.model.layers:
+        attn = layer.self_attn
+        parts = [attn.q_proj.weight] + ([attn.k_proj.weight, attn.v_proj.weight] if attn.owns_kv else [])
+        out.append(torch.cat(parts, 0) if len(parts) > 1 else parts[0])
+    return out
+
+
 class StaticDecoder:
     """Fixed-shape decode state + step for ``batch`` rows and up to ``max_len`` slots."""
 
-    def __init__(self, model, batch: int, max_len: int, use_graph: bool):
+    def __init__(self, model, batch: int, max_len: int, use_graph: bool, qkv_w: list | None = None):
         cfg = model.config
         self.model, self.cfg = model, cfg
         self.plan = cfg.kv_plan()
@@ -64,6 +75,10 @@ class StaticDecoder:
         self.use_graph = use_graph and dev.type == "cuda"
         self.graph = None
         self.logits_BV = None
+        # one projection GEMM per layer instead of three (taken from the model now: its weights are
+        # fixed while it samples); a compacted decoder reuses its parent's
+        self.qkv_w = _fused_qkv_weights(model) if qkv_w is None else qkv_w
+
 
     # ------------------------------------------------------------------ state
     def load_prefill(self, cache, attention_mask_PL: torch.Tensor, n: int) -> None:
@@ -87,7 +102,7 @@ class StaticDecoder:
     def compact(self, rows_R: torch.Tensor) -> "StaticDecoder":
         """A decoder for only ``rows_R`` (finished rows dropped): the state is copied into a new,
         smaller set of buffers; its CUDA graph is captured again on its first step."""
-        new = StaticDecoder(self.model, len(rows_R), self.L, self.use_graph)
+        new = StaticDecoder(self.model, len(rows_R), self.L, self.use_graph, qkv_w=self.qkv_w)
         for o in self.k:
             new.k[o].copy_(self.k[o].index_select(0, rows_R))
             new.v[o].copy_(self.v[o].index_select(0, rows_R))
@@ -117,10 +132,13 @@ class StaticDecoder:
         for i, layer in enumerate(m.layers):
             attn = layer.self_attn
             x = layer.input_layernorm(h)
-            q = apply_rope(attn.q_proj(x).view(B, 1, H, Dh).transpose(1, 2), cos, sin)
+            qkv = (x[:, 0] @ self.qkv_w[i].t()).view(B, -1, 1, Dh)  # [B, H (+ Kh + Kh), 1, Dh]
+            n_rope = H + Kh if attn.owns_kv else H  # RoPE on the queries and keys at once
+            qk = apply_rope(qkv[:, :n_rope], cos, sin)
+            q = qk[:, :H]
             if attn.owns_kv:
-                k = apply_rope(attn.k_proj(x).view(B, 1, Kh, Dh).transpose(1, 2), cos, sin)
-                v = attn.v_proj(x).view(B, 1, Kh, Dh).transpose(1, 2)
+                k = qk[:, H:]
+                v = qkv[:, n_rope:]
                 if self.sliding[i]:
                     slot = t % self.ring
                     self.k[i].index_copy_(2, slot, k)

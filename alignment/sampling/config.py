@@ -47,6 +47,9 @@ class SamplerConfig:
             only) or ``auto`` (``static`` on CUDA for the in-repo model, ``model`` elsewhere).
         cuda_graphs (`bool`, *optional*, defaults to `True`): native only: capture the static decode
             step in a CUDA graph (one per batch) on CUDA; ignored on CPU.
+        compile_decode (`bool`, *optional*, defaults to `False`): native only: run the static decode
+            step through ``torch.compile`` (Inductor fuses its elementwise kernels; one compile per
+            process, dynamic in batch size and length; the first batch pays it).
         prompt_pad_multiple (`int | None`, *optional*): native only: left-pad each batch's prompts to a
             multiple of this width, so compiled kernels (FlexAttention prefill, compiled per shape on
             CUDA) see few distinct shapes; ``None`` = 64 on CUDA, 1 elsewhere.
@@ -75,6 +78,7 @@ class SamplerConfig:
     device: str | None = None
     decode: str = "auto"
     cuda_graphs: bool = True
+    compile_decode: bool = False
     prompt_pad_multiple: int | None = None
     sort_by_length: bool = True
     tensor_parallel_size: int = 1

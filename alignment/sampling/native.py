@@ -211,7 +211,8 @@ class NativeSampler(ModelSampler):
         if self._use_static():
             from alignment.sampling.static_decode import StaticDecoder
 
-            static = StaticDecoder(self.model, P * n, L + params.max_new_tokens, use_graph=self.cfg.cuda_graphs)
+            static = StaticDecoder(self.model, P * n, L + params.max_new_tokens, use_graph=self.cfg.cuda_graphs,
+                                   compile=self.cfg.compile_decode)
             static.load_prefill(cache, mask, n)
             del cache
         elif n > 1:

@@ -74,6 +74,32 @@ def test_greedy_equals_full_forward_argmax_past_window_with_kv_sharing(model, to
             assert s.logprob_sum == pytest.approx(want_logprob, abs=1e-3)
 
 
+def test_compiled_static_decode_equals_full_forward_and_compiles_once(model, tokenizer, greedy_refs, monkeypatch):
+    # compile_decode: the same greedy tokens as full forward passes; a second batch of another size (and
+    # the compaction inside it) reuses the compiled step. Dynamo's graph tracing is what is checked
+    # here (aot_eager backend); Inductor's code runs on the GPU (tests/gpu/test_sampling_fast_path.py).
+    import torch._dynamo
+
+    from alignment.sampling import static_decode
+
+    monkeypatch.setattr(static_decode, "COMPILE_BACKEND", "aot_eager")
+    monkeypatch.setattr(static_decode, "_compiled", {})
+    torch._dynamo.reset()
+    sampler = build_sampler({"backend": "native", "decode": "static", "compile_decode": True}, model, tokenizer)
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    groups = sampler.generate(PROMPTS, n=2, params=SamplingParams(max_new_tokens=STEPS, temperature=0))
+    for (want, _), group in zip(greedy_refs, groups):
+        assert all(s.token_ids == want for s in group)
+    assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"], dict(counters["graph_break"])
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        eos_stop = SamplingParams(max_new_tokens=STEPS, temperature=0, stop=[tokenizer.decode(greedy_refs[0][0][2:4])])
+        sampler.generate(PROMPTS[:2], n=3, params=eos_stop)
+    assert sampler.stats["compactions"] >= 1
+    torch._dynamo.reset()
+
+
 @pytest.mark.parametrize("decode", DECODE)
 def test_sampled_logprob_sum_is_under_unmodified_distribution(model, tokenizer, decode):
     # temperature/top-k/top-p change what is drawn, not how it is scored.

@@ -42,7 +42,8 @@ def _fmt(v) -> str:
 
 def _headline(key: str) -> bool:
     # counts and secondary estimates stay in the manifest and the report, not the one-line summary
-    return not (key.endswith(("/n", "/infra_faults", "_sampled", "_lo", "_hi", "p_mcnemar", "/format", "/format_delta"))
+    return not (key.endswith(("/n", "/infra_faults", "_sampled", "_lo", "_hi", "p_mcnemar", "/format", "format_delta",
+                              "vs_first_delta"))
                 or is_timing_key(key))
 
 
@@ -103,6 +104,29 @@ def eval_table(metrics: dict, order: list[str], baseline: str | None = None) -> 
     for _, _, stage, set_name, *cells in sorted(rows, key=lambda r: (r[0], r[1])):
         out.append("| " + " | ".join([set_name, stage, *cells]) + " |")
     return out
+
+
+def final_vs_first_table(metrics: dict, order: list[str]) -> list[str]:
+    """Markdown rows: per set, the last checkpoint's greedy accuracy against the first's, with the
+    paired change (McNemar) between the two (the eval's ``<last>/<set>/vs_first_*`` metrics)."""
+    from alignment.tasks.evaluate import FINAL_VS_FIRST
+
+    if len(order) < 3:
+        return []
+    first, last = order[0], order[-1]
+    out = []
+    for k, delta in metrics.items():
+        m = _EVAL_KEY.match(k)
+        if not (m and m["stage"] == last and m["metric"].endswith(f"/{FINAL_VS_FIRST}delta") and _num(delta)):
+            continue
+        set_name = m["metric"][: -len(f"/{FINAL_VS_FIRST}delta")]
+        p = metrics.get(f"{last}/{set_name}/{FINAL_VS_FIRST}p_mcnemar")
+        acc = [metrics.get(f"{s}/{set_name}/acc", metrics.get(f"{s}/{set_name}/pass@1")) for s in (first, last)]
+        cells = [f"{a:.3f}" if _num(a) else "-" for a in acc]
+        out.append(f"| {set_name} | {cells[0]} | {cells[1]} | {delta:+.3f} ({_p(p) if _num(p) else '-'}) |")
+    if not out:
+        return []
+    return [f"| set | {first} | {last} | change (McNemar, {last} vs {first}) |", "|---|---|---|---|", *out]
 
 
 def format_metrics(metrics: dict, limit: int = 6) -> str:
@@ -288,6 +312,9 @@ def write_report(run_dir: str | Path, order: list[str], title: str = "", card: d
         table = eval_table(stages.get(s, {}).get("metrics", {}), info.get("models") or order, info.get("compare_to"))
         if table:
             md += [f"## Held-out evaluation (`{s}`)", ""] + table + [""]
+            ends = final_vs_first_table(stages.get(s, {}).get("metrics", {}), info.get("models") or order)
+            if ends and not info.get("compare_to"):
+                md += ["The last checkpoint against the first, per set:", ""] + ends + [""]
     md += [f"![{name}](report_assets/{name}.png)" for name, _ in images]
     imgs_html = "".join(
         f'<figure><img alt="{name}" src="data:image/png;base64,{base64.b64encode(png).decode()}"/>'

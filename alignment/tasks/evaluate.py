@@ -115,6 +115,9 @@ class EvalConfig:
     compare_to: str | None = None
 
 
+FINAL_VS_FIRST = "vs_first_"  # metric key part of the last checkpoint's paired test against the first
+
+
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased pass@k from n samples with c correct: 1 - C(n-c, k) / C(n, k)."""
     if k > n:
@@ -226,18 +229,20 @@ def _in_pipeline_order(ctx: StageContext) -> list[str]:
     return sorted(names, key=lambda n: rank.get(Path(ctx.inputs[n].dir).name, len(order)))
 
 
-def paired_comparisons(rows: list[dict], names: list[str], baseline: str | None = None) -> dict[str, Any]:
-    """Each checkpoint against the one before it in ``names`` (or against ``baseline``, when given),
-    per set, on the greedy verdicts of the
-    problems both could be judged on: ``<name>/<set>/delta`` (accuracy gained, in [-1, 1]) and
-    ``<name>/<set>/p_mcnemar`` (McNemar's exact two-sided p-value; the stages' claim to a gain), and the
+def paired_comparisons(rows: list[dict], names: list[str], baseline: str | None = None,
+                       pairs: list[tuple[str, str]] | None = None, key: str = "") -> dict[str, Any]:
+    """Each checkpoint against the one before it in ``names`` (or against ``baseline``, when given, or
+    the explicit ``(before, after)`` ``pairs``), per set, on the greedy verdicts of the
+    problems both could be judged on: ``<name>/<set>/<key>delta`` (accuracy gained, in [-1, 1]) and
+    ``<name>/<set>/<key>p_mcnemar`` (McNemar's exact two-sided p-value; the stages' claim to a gain), and the
     same for format compliance (``format_delta``, ``format_p_mcnemar``: what a small model moves first)."""
     verdicts: dict[tuple[str, str], dict[str, tuple[bool, bool]]] = {}
     for r in rows:
         if r["mode"] == "greedy" and r["error_kind"] is None:
             verdicts.setdefault((r["model"], r["set"]), {})[r["problem_id"]] = (bool(r["passed"]), bool(r.get("formatted", True)))
     out: dict[str, Any] = {}
-    pairs = [(baseline, n) for n in names if n != baseline] if baseline else list(zip(names, names[1:]))
+    if pairs is None:
+        pairs = [(baseline, n) for n in names if n != baseline] if baseline else list(zip(names, names[1:]))
     for prev, cur in pairs:
         for (model, set_name), after in verdicts.items():
             if model != cur or (prev, set_name) not in verdicts:
@@ -246,8 +251,8 @@ def paired_comparisons(rows: list[dict], names: list[str], baseline: str | None 
             ids = sorted(set(before) & set(after))
             for col, prefix in ((0, ""), (1, "format_")):
                 res = mcnemar([before[i][col] for i in ids], [after[i][col] for i in ids])
-                out[f"{cur}/{set_name}/{prefix}delta"] = round(res.delta, 6)
-                out[f"{cur}/{set_name}/{prefix}p_mcnemar"] = round(res.p_value, 6)
+                out[f"{cur}/{set_name}/{key}{prefix}delta"] = round(res.delta, 6)
+                out[f"{cur}/{set_name}/{key}{prefix}p_mcnemar"] = round(res.p_value, 6)
     return out
 
 
@@ -291,6 +296,10 @@ def run(cfg: EvalConfig, ctx: StageContext) -> StageResult:
         rows.extend(r)
     if not single:
         metrics.update(paired_comparisons(rows, names, cfg.compare_to))
+        if cfg.compare_to is None and len(names) > 2:
+            # a chain's end against its start: "not worse than base" on the held-out families and
+            # regression sets is this test, not the sum of the stage-by-stage ones
+            metrics.update(paired_comparisons(rows, names, pairs=[(names[0], names[-1])], key=FINAL_VS_FIRST))
     ctx.stage_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(Path(ctx.stage_dir) / "report.json", {"models": names, "compare_to": cfg.compare_to, "metrics": metrics,
                                                             "sets": {n: len(p) for n, p in sets}})

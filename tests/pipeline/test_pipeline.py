@@ -189,6 +189,18 @@ def test_eval_table_shows_intervals_and_paired_change():
     assert rows[5] == "| first | b | 0.200 | - | - | - | +0.100 (p=0.0123) |"
 
 
+def test_final_vs_first_table():
+    from alignment.report import final_vs_first_table
+
+    metrics = {"base/s/acc": 0.04, "sft/s/acc": 0.05, "dpo/s/acc": 0.017, "dpo/s/delta": -0.02,
+               "dpo/s/vs_first_delta": -0.023, "dpo/s/vs_first_p_mcnemar": 0.09,
+               "base/h/pass@1": 0.037, "dpo/h/pass@1": 0.037, "dpo/h/vs_first_delta": 0.0, "dpo/h/vs_first_p_mcnemar": 1.0}
+    rows = final_vs_first_table(metrics, ["base", "sft", "dpo"])
+    assert rows[0] == "| set | base | dpo | change (McNemar, dpo vs base) |"
+    assert rows[2:] == ["| s | 0.040 | 0.017 | -0.023 (p=0.09) |", "| h | 0.037 | 0.037 | +0.000 (p=1) |"]
+    assert final_vs_first_table(metrics, ["base", "dpo"]) == []  # two checkpoints: the main table already says it
+
+
 def test_eval_table_against_a_baseline_names_it():
     from alignment.report import eval_table
 

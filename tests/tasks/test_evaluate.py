@@ -130,6 +130,24 @@ def test_paired_comparisons_against_a_baseline():
     assert "sft_hard/s/delta" not in out
 
 
+def test_last_checkpoint_against_the_first():
+    """A chain's end against its start (the "not worse than base" check): explicit pairs, own key."""
+    from alignment.tasks.evaluate import FINAL_VS_FIRST
+
+    def rows(model, passed):
+        return [{"model": model, "set": "s", "problem_id": i, "mode": "greedy", "passed": ok, "error_kind": None}
+                for i, ok in enumerate(passed)]
+
+    base, mid, last = [True] * 12 + [False] * 8, [True] * 10 + [False] * 10, [True] * 4 + [False] * 16
+    all_rows = rows("base", base) + rows("sft", mid) + rows("dpo", last)
+    out = paired_comparisons(all_rows, ["base", "sft", "dpo"], pairs=[("base", "dpo")], key=FINAL_VS_FIRST)
+    assert out == {k: v for k, v in out.items() if k.startswith("dpo/s/vs_first_")}  # nothing else, no stage keys
+    assert out["dpo/s/vs_first_delta"] == pytest.approx(-0.4) and out["dpo/s/vs_first_p_mcnemar"] < 0.01
+    # each step alone is smaller (-0.1, then -0.3): the end-to-end test is its own number
+    steps = paired_comparisons(all_rows, ["base", "sft", "dpo"])
+    assert steps["sft/s/delta"] == pytest.approx(-0.1) and steps["dpo/s/delta"] == pytest.approx(-0.3)
+
+
 def test_compare_to_must_be_evaluated(tmp_path):
     from alignment.errors import ConfigError
 

@@ -179,3 +179,25 @@ def test_checkpoints_are_compared_in_pipeline_order(tmp_path):
     root = OmegaConf.create({"pipeline": {"order": ["base", "sft_broad", "synth", "dpo_r2", "eval"]}})
     ctx = StageContext(name="eval", run_dir=tmp_path, stage_dir=tmp_path / "eval", inputs=inputs, root=root)
     assert _in_pipeline_order(ctx) == ["base", "sft_broad", "dpo_r2"]
+
+
+def test_sets_with_one_budget_decode_in_one_call():
+    from alignment.sampling.base import SamplingParams
+    from alignment.tasks.evaluate import generate_grouped
+
+    class Recorder:  # stands in for a sampler: the grouping, not decoding, is under test
+        def __init__(self):
+            self.calls = []
+
+        def generate(self, prompts, n, params):
+            self.calls.append((list(prompts), n, params.max_new_tokens))
+            return [[f"{p}#{j}" for j in range(n)] for p in prompts]
+
+    short, long_ = SamplingParams(max_new_tokens=160, temperature=0.0), SamplingParams(max_new_tokens=256, temperature=0.0)
+    rec = Recorder()
+    out = generate_grouped(rec, [(["a", "b"], 1, short), (["c"], 1, long_), (["d", "e", "f"], 1, short), ([], 1, long_)])
+    assert [(c[0], c[2]) for c in rec.calls] == [(["a", "b", "d", "e", "f"], 160), (["c"], 256)]
+    assert out == [[["a#0"], ["b#0"]], [["c#0"]], [["d#0"], ["e#0"], ["f#0"]], []]
+    rec.calls.clear()
+    assert generate_grouped(rec, [(["a"], 4, short), (["b"], 2, short)]) == [[["a#0", "a#1", "a#2", "a#3"]], [["b#0", "b#1"]]]
+    assert len(rec.calls) == 2  # another sample count is another call

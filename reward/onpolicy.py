@@ -6,7 +6,7 @@ what a wrong final number looks like, not what the policy's mistakes look like. 
 ``policy`` input samples ``n_samples`` answers per training problem (the one task format,
 alignment/tasks/format.py), the verifier judges each, and every prompt with both a correct and an
 incorrect answer gives up to ``pairs_per_prompt`` pairs (distinct correct answers against distinct
-incorrect ones, chosen score 1, rejected 0). The rows are the source named ``onpolicy`` in a phase's
+incorrect ones first, then the other combinations; chosen score 1, rejected 0). The rows are the source named ``onpolicy`` in a phase's
 ``sources``, and its own held-out pairwise accuracy is reported (``pairwise_acc/onpolicy``).
 
     onpolicy:
@@ -56,13 +56,19 @@ class OnPolicySpec:
 
 
 def pair_verified(prompt: str, answers: list[tuple[str, bool]], k: int, rng: random.Random) -> list[dict]:
-    """Up to ``k`` pairs of distinct correct vs distinct incorrect answers of one prompt."""
+    """Up to ``k`` pairs of a correct vs an incorrect answer of one prompt: first pairs that share no
+    answer (distinct correct against distinct incorrect ones), then the other (correct, incorrect)
+    combinations in random order; never the same pair twice."""
     good = list(dict.fromkeys(t for t, ok in answers if ok))
     bad = list(dict.fromkeys(t for t, ok in answers if not ok))
     rng.shuffle(good)
     rng.shuffle(bad)
+    first = list(zip(good, bad))
+    taken = set(first)
+    rest = [(c, r) for c in good for r in bad if (c, r) not in taken]
+    rng.shuffle(rest)
     return [{"prompt": prompt, "chosen": c, "rejected": r, "chosen_score": 1.0, "rejected_score": 0.0, "source": SOURCE}
-            for c, r in list(zip(good, bad))[:k]]
+            for c, r in (first + rest)[:k]]
 
 
 def onpolicy_pairs(spec: OnPolicySpec, policy_dir: str | Path, device: str, cache: Path) -> tuple[list[dict], dict[str, float]]:

@@ -186,9 +186,13 @@ def test_onpolicy_pairs_are_the_policys_right_vs_wrong_answers(stage_ctx, monkey
     assert sampler.calls == 1
     with pytest.raises(ValueError, match="onpolicy.enabled is false"):
         fn(_cfg(pretrain={"sources": ["onpolicy"]})[1], stage_ctx())
-    # at most k pairs, distinct texts on each side
+    # at most k pairs: first those sharing no answer, then the other combinations, never one twice
     import random
 
-    got = pair_verified("p", [("a", True), ("a", True), ("b", True), ("x", False), ("y", False), ("z", False)], 5, random.Random(0))
+    answers = [("a", True), ("a", True), ("b", True), ("x", False), ("y", False), ("z", False)]
+    got = pair_verified("p", answers, 2, random.Random(0))
     assert len(got) == 2 and {r["chosen"] for r in got} == {"a", "b"} and len({r["rejected"] for r in got}) == 2
+    every = pair_verified("p", answers, 10, random.Random(0))
+    assert len(every) == 6 and len({(r["chosen"], r["rejected"]) for r in every}) == 6  # 2 correct x 3 incorrect
+    assert {(r["chosen"], r["rejected"]) for r in every[:2]} == {(r["chosen"], r["rejected"]) for r in got}
     assert pair_verified("p", [("a", True), ("b", True)], 3, random.Random(0)) == []

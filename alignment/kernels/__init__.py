@@ -37,9 +37,18 @@ __all__ = ["moe_experts", "moe_experts_dense", "rms_norm", "linear_cross_entropy
 _IMPLS = ("auto", "torch", "triton")
 
 
+# Both lookups below are cached in plain module globals: inside a torch.compile'd region (the compiled
+# decode step) a cached answer is a constant, while importlib's functions are a graph break.
+_TRITON_AVAILABLE: bool | None = None
+_LOADED: dict = {}
+
+
 def triton_available() -> bool:
-    """Whether ``triton`` is installed (checked without importing it)."""
-    return importlib.util.find_spec("triton") is not None
+    """Whether ``triton`` is installed (checked once, without importing it)."""
+    global _TRITON_AVAILABLE
+    if _TRITON_AVAILABLE is None:
+        _TRITON_AVAILABLE = importlib.util.find_spec("triton") is not None
+    return _TRITON_AVAILABLE
 
 
 def resolve_impl(impl: str, device: torch.device | str) -> str:
@@ -54,7 +63,18 @@ def resolve_impl(impl: str, device: torch.device | str) -> str:
 
 
 def _triton(module: str):
-    return importlib.import_module(f"alignment.kernels.{module}")
+    mod = _LOADED.get(module)
+    if mod is None:
+        mod = _LOADED[module] = importlib.import_module(f"alignment.kernels.{module}")
+    return mod
+
+
+def load_triton_paths() -> None:
+    """Answer the dispatch's questions now (Triton installed? then its modules imported), so that code
+    compiled later with torch.compile finds them cached instead of tracing importlib."""
+    if triton_available():
+        for module in ("moe", "rmsnorm", "linear_ce", "attention"):
+            _triton(module)
 
 
 def _autocast_dtype(device: torch.device) -> torch.dtype | None:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from alignment.kernels import moe_experts_dense
+from alignment.kernels import load_triton_paths, moe_experts_dense
 from alignment.model.modeling import apply_rope, rope_cos_sin
 
 
@@ -151,6 +151,8 @@ class StaticDecoder:
         # fixed while it samples); a compacted decoder reuses its parent's
         self.qkv_w = _fused_qkv_weights(model) if qkv_w is None else qkv_w
         self.compile = compile
+        if compile:
+            load_triton_paths()  # the kernels' dispatch answered before tracing, not traced
 
 
     # ------------------------------------------------------------------ state

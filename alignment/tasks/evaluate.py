@@ -168,22 +168,22 @@ def evaluate_sampler(sampler, render, sets: list[tuple[str, list[Problem]]], cfg
         timing[key] += time.perf_counter() - t0
 
     specs = {sp.label: sp for sp in cfg.sets}  # a set's own sample count and budget
-    todo = []
+    todo = []  # (name, problems, prompts, samples per problem, max new tokens) of each non-empty set
     for name, problems in sets:
         if problems:
             spec = specs.get(name)
             max_new = spec.max_new_tokens if spec is not None and spec.max_new_tokens is not None else cfg.max_new_tokens
-            todo.append((name, problems, set_samples(spec, problems[0].kind, cfg), max_new, [render(p) for p in problems]))
+            todo.append((name, problems, [render(p) for p in problems], set_samples(spec, problems[0].kind, cfg), max_new))
     # Decode first, every set with the same budget in one call: at these batch sizes a decode step is
     # launch-bound, so a 164-problem set decoded alone costs about what a full batch of 1,024 rows does.
     with timed("sample_s"):
-        greedy_all = generate_grouped(sampler, [(t[4], 1, SamplingParams(max_new_tokens=t[3], temperature=0.0, seed=cfg.seed))
-                                                for t in todo])
-        sampled_all = generate_grouped(sampler, [
-            (t[4], t[2], SamplingParams(max_new_tokens=t[3], temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed))
-            for t in todo if t[2] > 0])
-    sampled_all = iter(sampled_all)
-    for (name, problems, n_samples, max_new, prompts), greedy in tqdm(list(zip(todo, greedy_all)), desc=f"verify {prefix or 'policy'}", unit="set"):
+        greedy_all = generate_grouped(sampler, [
+            (prompts, 1, SamplingParams(max_new_tokens=max_new, temperature=0.0, seed=cfg.seed))
+            for _, _, prompts, _, max_new in todo])
+        sampled_all = iter(generate_grouped(sampler, [
+            (prompts, n, SamplingParams(max_new_tokens=max_new, temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed))
+            for _, _, prompts, n, max_new in todo if n > 0]))
+    for (name, problems, _, n_samples, _), greedy in tqdm(list(zip(todo, greedy_all)), desc=f"verify {prefix or 'policy'}", unit="set"):
         key = f"{prefix}/{name}" if prefix else name
         texts = [g[0].text for g in greedy]
         with timed("verify_s"):

@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 RULES = ("best_worst", "best_random")
@@ -205,8 +205,7 @@ def select_pairs(cands: Sequence[Candidate], rule: PairRule, rng: random.Random 
         nxt = select_pair([cands[i] for i in rest], rule, rng)
         if isinstance(nxt, Drop):
             break
-        pair = Pair(chosen=rest[nxt.chosen], rejected=rest[nxt.rejected], chosen_score=nxt.chosen_score,
-                    rejected_score=nxt.rejected_score, why=nxt.why)
+        pair = replace(nxt, chosen=rest[nxt.chosen], rejected=rest[nxt.rejected])  # back to indices into cands
         used |= {pair.chosen, pair.rejected}
         texts = (cands[pair.chosen].text, cands[pair.rejected].text)
         if texts not in seen:

@@ -149,9 +149,10 @@ def _block_mask(B: int, S: int, L: int, sliding_window: int | None, seq_ids_BS: 
         _mask_cache.move_to_end(key)
         return hit[0]
     # 0-d tensors, not ints: the compiled FlexAttention guards on the ints a mask_mod captures
-    # (one recompile per new length), while a captured tensor is only a buffer argument.
-    offset = torch.tensor(L - S, device=device)
-    last = torch.tensor(L - 1, device=device)
+    # (one recompile per new length), while a captured tensor is only a buffer argument. torch.full,
+    # not torch.tensor: a fill kernel, where torch.tensor copies from pageable host memory (a host sync).
+    offset = torch.full((), L - S, dtype=torch.long, device=device)
+    last = torch.full((), L - 1, dtype=torch.long, device=device)
 
     def mask_mod(b, h, q_idx, kv_idx):
         q_pos = q_idx + offset

@@ -32,7 +32,7 @@ import alignment  # noqa: F401
 from alignment.model import YiLightningForCausalLM, load_preset
 from alignment.model.upcycle import SMOLLM2_GGUF
 from alignment.train.pretrain import upcycled_start
-from alignment.train.profile import breakdown
+from alignment.train.profile import breakdown, top_kernels
 
 
 def qwen3_baseline(cfg):
@@ -118,9 +118,11 @@ def measure(model, batch: int, seq: int, steps: int, device: str, packed: int = 
             step()
         sync()
         prof_wall = (time.perf_counter() - t) / steps  # the profiler slows the host: shares are of this
-    by_cat = breakdown(prof, steps, prof_wall * 1e3, on_device=device == "cuda")
+    averages = prof.key_averages()
+    by_cat = breakdown(prof, steps, prof_wall * 1e3, on_device=device == "cuda", averages=averages)
+    top = top_kernels(averages, steps) if device == "cuda" else []
     return {"wall_s": wall, "prof_wall_s": prof_wall, "tokens_s": batch * seq / wall,
-            "tflops": step_flops(model, batch, seq) / wall / 1e12, "breakdown_ms": dict(by_cat)}
+            "tflops": step_flops(model, batch, seq) / wall / 1e12, "breakdown_ms": dict(by_cat), "top_kernels": top}
 
 
 def main() -> None:
@@ -164,6 +166,10 @@ def main() -> None:
               f" ({active_params(model) / 1e6:.0f}M active parameters); under the profiler {r['prof_wall_s'] * 1e3:.1f} ms/step:")
         for cat, ms in sorted(r["breakdown_ms"].items(), key=lambda kv: -kv[1]):
             print(f"  {cat:45s} {ms:9.2f} ms  {100 * ms / (r['prof_wall_s'] * 1e3):5.1f}%")
+        if r["top_kernels"]:
+            print("  kernels with the most device time (ms/step, category):")
+            for kname, ms, cat in r["top_kernels"]:
+                print(f"    {ms:8.2f}  {kname[:90]:90s}  {cat}")
         del model
         if gpu:
             torch.cuda.empty_cache()

@@ -28,6 +28,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
+from torch.autograd import DeviceType
 from transformers import TrainerCallback
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,8 @@ CATEGORIES = [
     ("cross-entropy", r"_ce_fwd|_ce_bwd|cross_entropy|log_softmax|nll_loss"),
     ("optimizer", r"adam|multi_tensor|foreach"),
     ("routing / permutation", r"topk|sort|scatter|gather|index|cumsum|histc|bincount|nonzero|argsort|where"),
-    ("dense GEMM (projections, router, LM head)", r"gemm|cutlass|xmma|sm90|cublas|matmul|::mm|::bmm|addmm|linear"),
+    # nvjet: cuBLAS's GEMM kernels on Hopper (nvjet_hsh_..., nvjet_tst_...)
+    ("dense GEMM (projections, router, LM head)", r"gemm|cutlass|xmma|sm90|nvjet|cublas|matmul|::mm|::bmm|addmm|linear"),
 ]
 
 
@@ -53,6 +55,22 @@ def category(name: str) -> str:
         if re.search(pat, low):
             return cat
     return "other (elementwise, copies)"
+
+
+def _is_device_work(e) -> bool:
+    """Whether a profiler entry is a kernel (or copy, memset) on the device, counted once.
+
+    Kineto lists each kernel twice: as its own entry (device type CUDA, named by the kernel) and
+    inside the ``aten::`` operator that launched it, whose ``self_device_time_total`` is that same
+    kernel time. Counting both doubled every launched kernel (and shrank "idle" to what was left), so
+    only the device entries count, as in torch's own table total; user annotations
+    (``record_function`` ranges, ``ProfilerStep#``) are spans over kernels, not kernels.
+    """
+    if getattr(e, "is_user_annotation", False):
+        return False
+    if e.device_type == DeviceType.CPU:
+        return bool(getattr(e, "is_legacy", False))  # the legacy profiler kept each kernel on its CPU event
+    return True
 
 
 def breakdown(prof, steps: int, wall_ms_per_step: float, on_device: bool, averages=None) -> dict[str, float]:
@@ -66,7 +84,7 @@ def breakdown(prof, steps: int, wall_ms_per_step: float, on_device: bool, averag
     by_cat: dict[str, float] = defaultdict(float)
     for e in (averages if averages is not None else prof.key_averages()):
         if on_device:
-            us = getattr(e, "self_device_time_total", 0) or getattr(e, "self_cuda_time_total", 0)
+            us = e.self_device_time_total if _is_device_work(e) else 0
         else:
             us = e.self_cpu_time_total if e.key.startswith("aten::") else 0
         if us > 0:
@@ -75,6 +93,12 @@ def breakdown(prof, steps: int, wall_ms_per_step: float, on_device: bool, averag
     rest = "idle (no kernel running)" if on_device else "not in aten ops"
     by_cat[rest] = max(wall_ms_per_step - busy, 0.0)
     return dict(by_cat)
+
+
+def top_kernels(averages, steps: int, n: int = 15) -> list[tuple[str, float, str]]:
+    """The ``n`` device entries (kernels, copies) with the most device time: (name, ms per step, category)."""
+    rows = [(e.key, e.self_device_time_total / 1e3 / steps, category(e.key)) for e in averages if _is_device_work(e)]
+    return sorted(rows, key=lambda r: -r[1])[:n]
 
 
 def _parse(value: str) -> tuple[int, int]:

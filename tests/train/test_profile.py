@@ -7,7 +7,11 @@ import torch
 from datasets import Dataset
 from transformers import Trainer, TrainingArguments
 
-from alignment.train.profile import ENV, StepProfiler, category, profile_callbacks, profile_path
+from types import SimpleNamespace
+
+from torch.autograd import DeviceType
+
+from alignment.train.profile import ENV, StepProfiler, breakdown, category, profile_callbacks, profile_path
 
 
 class _Regressor(torch.nn.Module):
@@ -68,6 +72,30 @@ def test_categories():
     assert category("aten::_flex_attention") == "attention"
     assert category("sm90_xmma_gemm_bf16") == "dense GEMM (projections, router, LM head)"
     assert category("aten::add_") == "other (elementwise, copies)"
+    assert category("nvjet_hsh_128x256_64x4_1x2_h_bz_coopA_NNT") == "dense GEMM (projections, router, LM head)"
+
+
+def _entry(key, device_type, self_device_us, annotation=False):
+    return SimpleNamespace(key=key, device_type=device_type, self_device_time_total=self_device_us,
+                           self_cpu_time_total=0, is_user_annotation=annotation, is_legacy=False)
+
+
+def test_device_breakdown_counts_each_kernel_once():
+    # What kineto's key_averages() holds for one aten::mm and one aten::mul on a GPU: each kernel as
+    # its own device entry and again as the self device time of the CPU op that launched it, plus a
+    # user annotation spanning both, over 2 steps of 10 ms wall each.
+    entries = [
+        _entry("aten::mm", DeviceType.CPU, 3000), _entry("nvjet_hsh_128x256_64x4", DeviceType.CUDA, 3000),
+        _entry("aten::mul", DeviceType.CPU, 1000),
+        _entry("void at::native::vectorized_elementwise_kernel<4, MulFunctor>", DeviceType.CUDA, 1000),
+        _entry("ProfilerStep#3", DeviceType.CUDA, 4000, annotation=True),
+        _entry("_gate_up_fwd_kernel", DeviceType.CUDA, 2000),  # a Triton kernel: no aten op around it
+    ]
+    cats = breakdown(None, steps=2, wall_ms_per_step=10.0, on_device=True, averages=entries)
+    assert cats["dense GEMM (projections, router, LM head)"] == pytest.approx(1.5)
+    assert cats["other (elementwise, copies)"] == pytest.approx(0.5)
+    assert cats["MoE experts"] == pytest.approx(1.0)
+    assert cats["idle (no kernel running)"] == pytest.approx(10.0 - 3.0)
 
 
 def test_profile_goes_beside_the_pruned_checkpoints(tmp_path):

@@ -151,10 +151,9 @@ def test_cli_reports_unknown_key_and_exits_nonzero(capsys):
 def test_every_pipeline_recipe_composes_and_validates(recipe_file, tmp_path):
     overrides = [f"pipeline={recipe_file}"]
     if recipe_file == "h100_dpo_sweep":  # reads a finished run: give it the two paths it names
-        (tmp_path / "sft_hard" / "model").mkdir(parents=True)
-        (tmp_path / "sft_hard" / "model" / "weights").write_text("x")
-        (tmp_path / "dpo_r1").mkdir()
-        (tmp_path / "dpo_r1" / "pairs.jsonl").write_text("{}\n")
+        for stage in ("sft_hard", "reward"):
+            (tmp_path / stage / "model").mkdir(parents=True)
+            (tmp_path / stage / "model" / "weights").write_text("x")
         overrides.append(f"vars.sweep_from={tmp_path}")
     cfg = compose(overrides)
     planned = plan(cfg)  # imports every runner and checks every stage block against its schema

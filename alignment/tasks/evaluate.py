@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,21 +153,22 @@ def _verify_all(problems: list[Problem], responses: list[str], verifiers: dict, 
 
 def evaluate_sampler(sampler, render, sets: list[tuple[str, list[Problem]]], cfg: EvalConfig, prefix: str = "") -> tuple[dict[str, Any], list[dict]]:
     """Evaluate one policy on every set; returns (flat metrics, per-response rows)."""
-    from tqdm import tqdm
+    return judge_sets(decode_sets(sampler, render, sets, cfg), cfg, prefix)
 
-    from alignment.tasks.verify import get_verifier
 
-    verifiers = {"math": get_verifier("math"), "code": get_verifier("code", timeout_s=cfg.code_timeout_s)}
-    metrics: dict[str, Any] = {}
-    rows: list[dict] = []
-    timing = {"sample_s": 0.0, "verify_s": 0.0}  # where the stage's time goes, per checkpoint
+@dataclass
+class DecodedSet:
+    """One set's problems and one checkpoint's responses to them (see :func:`decode_sets`)."""
 
-    @contextmanager
-    def timed(key: str):
-        t0 = time.perf_counter()
-        yield
-        timing[key] += time.perf_counter() - t0
+    name: str
+    problems: list[Problem]
+    greedy: list[str]
+    sampled: list[list[str]] | None  # per problem, its samples; None = greedy only
+    sample_s: float = 0.0  # the decode time of the whole checkpoint, carried on its first set
 
+
+def decode_sets(sampler, render, sets: list[tuple[str, list[Problem]]], cfg: EvalConfig) -> list[DecodedSet]:
+    """Every response one policy gives on the sets: greedy, and sampled where a set asks for samples."""
     specs = {sp.label: sp for sp in cfg.sets}  # a set's own sample count and budget
     todo = []  # (name, problems, prompts, samples per problem, max new tokens) of each non-empty set
     for name, problems in sets:
@@ -176,16 +178,43 @@ def evaluate_sampler(sampler, render, sets: list[tuple[str, list[Problem]]], cfg
             todo.append((name, problems, [render(p) for p in problems], set_samples(spec, problems[0].kind, cfg), max_new))
     # Decode first, every set with the same budget in one call: at these batch sizes a decode step is
     # launch-bound, so a 164-problem set decoded alone costs about what a full batch of 1,024 rows does.
-    with timed("sample_s"):
-        greedy_all = generate_grouped(sampler, [
-            (prompts, 1, SamplingParams(max_new_tokens=max_new, temperature=0.0, seed=cfg.seed))
-            for _, _, prompts, _, max_new in todo])
-        sampled_all = iter(generate_grouped(sampler, [
-            (prompts, n, SamplingParams(max_new_tokens=max_new, temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed))
-            for _, _, prompts, n, max_new in todo if n > 0]))
-    for (name, problems, _, n_samples, _), greedy in tqdm(list(zip(todo, greedy_all)), desc=f"verify {prefix or 'policy'}", unit="set"):
+    t0 = time.perf_counter()
+    greedy_all = generate_grouped(sampler, [
+        (prompts, 1, SamplingParams(max_new_tokens=max_new, temperature=0.0, seed=cfg.seed))
+        for _, _, prompts, _, max_new in todo])
+    sampled_all = iter(generate_grouped(sampler, [
+        (prompts, n, SamplingParams(max_new_tokens=max_new, temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed))
+        for _, _, prompts, n, max_new in todo if n > 0]))
+    out = [DecodedSet(name, problems, [g[0].text for g in greedy],
+                      [[x.text for x in s] for s in next(sampled_all)] if n_samples > 0 else None)
+           for (name, problems, _, n_samples, _), greedy in zip(todo, greedy_all)]
+    if out:
+        out[0].sample_s = time.perf_counter() - t0
+    return out
+
+
+def judge_sets(decoded: list[DecodedSet], cfg: EvalConfig, prefix: str = "") -> tuple[dict[str, Any], list[dict]]:
+    """Verify one checkpoint's responses (:func:`decode_sets`); returns (flat metrics, per-response rows).
+
+    Needs no model: the eval stage runs it for one checkpoint while the next one decodes."""
+    from tqdm import tqdm
+
+    from alignment.tasks.verify import get_verifier
+
+    verifiers = {"math": get_verifier("math"), "code": get_verifier("code", timeout_s=cfg.code_timeout_s)}
+    metrics: dict[str, Any] = {}
+    rows: list[dict] = []
+    timing = {"sample_s": sum(d.sample_s for d in decoded), "verify_s": 0.0}  # where the stage's time goes
+
+    @contextmanager
+    def timed(key: str):
+        t0 = time.perf_counter()
+        yield
+        timing[key] += time.perf_counter() - t0
+
+    for d in tqdm(decoded, desc=f"verify {prefix or 'policy'}", unit="set"):
+        name, problems, texts = d.name, d.problems, d.greedy
         key = f"{prefix}/{name}" if prefix else name
-        texts = [g[0].text for g in greedy]
         with timed("verify_s"):
             verdicts = _verify_all(problems, texts, verifiers, cfg.verify_workers)
         judged = [v for v in verdicts if v.error_kind is None]
@@ -200,10 +229,9 @@ def evaluate_sampler(sampler, render, sets: list[tuple[str, list[Problem]]], cfg
             metrics[f"{key}/infra_faults"] = len(verdicts) - len(judged)
         for p, t, v in zip(problems, texts, verdicts):
             rows.append({"model": prefix, "set": name, "problem_id": p.id, "mode": "greedy", "response": t, **v.to_dict()})
-        if n_samples > 0:
-            samples = next(sampled_all)
-            flat_p = [p for p, s in zip(problems, samples) for _ in s]
-            flat_t = [x.text for s in samples for x in s]
+        if d.sampled is not None:
+            flat_p = [p for p, s in zip(problems, d.sampled) for _ in s]
+            flat_t = [t for s in d.sampled for t in s]
             with timed("verify_s"):
                 flat_v = _verify_all(flat_p, flat_t, verifiers, cfg.verify_workers)
             per = {}
@@ -307,16 +335,23 @@ def run(cfg: EvalConfig, ctx: StageContext) -> StageResult:
     metrics: dict[str, Any] = {}
     rows: list[dict] = []
     single = len(names) == 1
-    for name in names:
-        model_path = str(ctx.input(name, "model"))
-        sampler, render = _build_policy(model_path, cfg, cfg.device or ctx.device)
-        try:
-            m, r = evaluate_sampler(sampler, render, sets, cfg, prefix="" if single else name)
-        finally:
-            close_sampler(sampler)  # a vLLM engine holds the card until closed; the next checkpoint needs it
-        del sampler
-        metrics.update(m)
-        rows.extend(r)
+    # One checkpoint's responses are verified (the code sandboxes: seconds per checkpoint) in a
+    # worker thread while the next checkpoint loads and decodes; results are collected in order.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="eval-verify") as pool:
+        judging = []
+        for name in names:
+            model_path = str(ctx.input(name, "model"))
+            sampler, render = _build_policy(model_path, cfg, cfg.device or ctx.device)
+            try:
+                decoded = decode_sets(sampler, render, sets, cfg)
+            finally:
+                close_sampler(sampler)  # a vLLM engine holds the card until closed; the next checkpoint needs it
+            del sampler
+            judging.append(pool.submit(judge_sets, decoded, cfg, "" if single else name))
+        for future in judging:
+            m, r = future.result()
+            metrics.update(m)
+            rows.extend(r)
     if not single:
         metrics.update(paired_comparisons(rows, names, cfg.compare_to))
         if cfg.compare_to is None and len(names) > 2:

@@ -201,3 +201,43 @@ def test_sets_with_one_budget_decode_in_one_call():
     rec.calls.clear()
     assert generate_grouped(rec, [(["a"], 4, short), (["b"], 2, short)]) == [[["a#0", "a#1", "a#2", "a#3"]], [["b#0", "b#1"]]]
     assert len(rec.calls) == 2  # another sample count is another call
+
+
+def test_a_checkpoint_is_verified_while_the_next_one_decodes(tmp_path, monkeypatch):
+    import threading
+
+    import alignment.tasks.evaluate as ev
+
+    class Scripted:  # stands in for a loaded policy: the stage's scheduling, not decoding, is under test
+        def generate(self, prompts, n, params):
+            from alignment.sampling.base import Sample
+
+            return [[Sample(text="#### 0", token_ids=[], logprob_sum=0.0, finish_reason="stop") for _ in range(n)] for _ in prompts]
+
+    built, second_built, overlap = [], threading.Event(), {}
+
+    def build_policy(path, cfg, device):
+        built.append(path)
+        if len(built) == 2:
+            second_built.set()
+        return Scripted(), plain_render
+
+    real_judge = ev.judge_sets
+
+    def judge(decoded, cfg, prefix=""):
+        if prefix == "sft_broad":  # the first checkpoint's verification waits for the second's decode
+            overlap["seen"] = second_built.wait(timeout=10)
+            overlap["thread"] = threading.current_thread().name
+        return real_judge(decoded, cfg, prefix)
+
+    monkeypatch.setattr(ev, "_build_policy", build_policy)
+    monkeypatch.setattr(ev, "judge_sets", judge)
+    monkeypatch.setattr(ev, "close_sampler", lambda s: None)
+    inputs = {n: InputArtifact(n, tmp_path / n, {"model": tmp_path / n}, {}) for n in ("sft_broad", "sft_hard")}
+    ctx = StageContext(name="eval", run_dir=tmp_path, stage_dir=tmp_path / "eval", inputs=inputs)
+    cfg = EvalConfig(sets=[EvalSetSpec("templates", "heldout", 3)], num_samples=0)
+    res = ev.run(cfg, ctx)
+    assert overlap == {"seen": True, "thread": overlap["thread"]} and overlap["thread"].startswith("eval-verify")
+    for name in ("sft_broad", "sft_hard"):
+        assert res.metrics[f"{name}/templates_heldout/n"] == 3
+    assert res.metrics["sft_hard/templates_heldout/delta"] == 0.0  # paired test still runs on the collected rows

@@ -153,7 +153,8 @@ def _verify_all(problems: list[Problem], responses: list[str], verifiers: dict, 
 
 def evaluate_sampler(sampler, render, sets: list[tuple[str, list[Problem]]], cfg: EvalConfig, prefix: str = "") -> tuple[dict[str, Any], list[dict]]:
     """Evaluate one policy on every set; returns (flat metrics, per-response rows)."""
-    return judge_sets(decode_sets(sampler, render, sets, cfg), cfg, prefix)
+    decoded, sample_s = decode_sets(sampler, render, sets, cfg)
+    return judge_sets(decoded, cfg, prefix, sample_s)
 
 
 @dataclass
@@ -164,11 +165,11 @@ class DecodedSet:
     problems: list[Problem]
     greedy: list[str]
     sampled: list[list[str]] | None  # per problem, its samples; None = greedy only
-    sample_s: float = 0.0  # the decode time of the whole checkpoint, carried on its first set
 
 
-def decode_sets(sampler, render, sets: list[tuple[str, list[Problem]]], cfg: EvalConfig) -> list[DecodedSet]:
-    """Every response one policy gives on the sets: greedy, and sampled where a set asks for samples."""
+def decode_sets(sampler, render, sets: list[tuple[str, list[Problem]]], cfg: EvalConfig) -> tuple[list[DecodedSet], float]:
+    """Every response one policy gives on the sets (greedy, and sampled where a set asks for samples),
+    and the seconds that took."""
     specs = {sp.label: sp for sp in cfg.sets}  # a set's own sample count and budget
     todo = []  # (name, problems, prompts, samples per problem, max new tokens) of each non-empty set
     for name, problems in sets:
@@ -188,15 +189,14 @@ def decode_sets(sampler, render, sets: list[tuple[str, list[Problem]]], cfg: Eva
     out = [DecodedSet(name, problems, [g[0].text for g in greedy],
                       [[x.text for x in s] for s in next(sampled_all)] if n_samples > 0 else None)
            for (name, problems, _, n_samples, _), greedy in zip(todo, greedy_all)]
-    if out:
-        out[0].sample_s = time.perf_counter() - t0
-    return out
+    return out, time.perf_counter() - t0
 
 
-def judge_sets(decoded: list[DecodedSet], cfg: EvalConfig, prefix: str = "") -> tuple[dict[str, Any], list[dict]]:
-    """Verify one checkpoint's responses (:func:`decode_sets`); returns (flat metrics, per-response rows).
-
-    Needs no model: the eval stage runs it for one checkpoint while the next one decodes."""
+def judge_sets(decoded: list[DecodedSet], cfg: EvalConfig, prefix: str = "", sample_s: float = 0.0
+               ) -> tuple[dict[str, Any], list[dict]]:
+    """Verify one checkpoint's responses (:func:`decode_sets`, which took ``sample_s``); returns (flat
+    metrics, per-response rows). Needs no model: the eval stage runs it for one checkpoint while the
+    next one decodes."""
     from tqdm import tqdm
 
     from alignment.tasks.verify import get_verifier
@@ -204,7 +204,7 @@ def judge_sets(decoded: list[DecodedSet], cfg: EvalConfig, prefix: str = "") -> 
     verifiers = {"math": get_verifier("math"), "code": get_verifier("code", timeout_s=cfg.code_timeout_s)}
     metrics: dict[str, Any] = {}
     rows: list[dict] = []
-    timing = {"sample_s": sum(d.sample_s for d in decoded), "verify_s": 0.0}  # where the stage's time goes
+    timing = {"sample_s": sample_s, "verify_s": 0.0}  # where the stage's time goes, per checkpoint
 
     @contextmanager
     def timed(key: str):
@@ -343,11 +343,11 @@ def run(cfg: EvalConfig, ctx: StageContext) -> StageResult:
             model_path = str(ctx.input(name, "model"))
             sampler, render = _build_policy(model_path, cfg, cfg.device or ctx.device)
             try:
-                decoded = decode_sets(sampler, render, sets, cfg)
+                decoded, sample_s = decode_sets(sampler, render, sets, cfg)
             finally:
                 close_sampler(sampler)  # a vLLM engine holds the card until closed; the next checkpoint needs it
             del sampler
-            judging.append(pool.submit(judge_sets, decoded, cfg, "" if single else name))
+            judging.append(pool.submit(judge_sets, decoded, cfg, "" if single else name, sample_s))
         for future in judging:
             m, r = future.result()
             metrics.update(m)

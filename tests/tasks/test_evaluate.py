@@ -224,11 +224,11 @@ def test_a_checkpoint_is_verified_while_the_next_one_decodes(tmp_path, monkeypat
 
     real_judge = ev.judge_sets
 
-    def judge(decoded, cfg, prefix=""):
+    def judge(decoded, cfg, prefix="", sample_s=0.0):
         if prefix == "sft_broad":  # the first checkpoint's verification waits for the second's decode
             overlap["seen"] = second_built.wait(timeout=10)
             overlap["thread"] = threading.current_thread().name
-        return real_judge(decoded, cfg, prefix)
+        return real_judge(decoded, cfg, prefix, sample_s)
 
     monkeypatch.setattr(ev, "_build_policy", build_policy)
     monkeypatch.setattr(ev, "judge_sets", judge)

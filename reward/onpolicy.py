@@ -41,6 +41,8 @@ class OnPolicySpec:
         pairs_per_prompt (`int`, *optional*, defaults to `2`): most pairs one prompt gives.
         max_new_tokens (`int`, *optional*, defaults to `256`): per answer.
         temperature (`float`, *optional*, defaults to `1.0`): sampling temperature.
+        check_steps (`bool`, *optional*, defaults to `True`): a right answer after a wrong arithmetic step
+            counts as wrong (``MathVerifier(check_steps=True)``): the RM learns to prefer sound work.
         sampler (`dict`, *optional*): the ``sampler`` group (``${sampler}``).
         seed (`int`, *optional*, defaults to `0`): sampling and pairing seed.
     """
@@ -51,6 +53,7 @@ class OnPolicySpec:
     pairs_per_prompt: int = 2
     max_new_tokens: int = 256
     temperature: float = 1.0
+    check_steps: bool = True
     sampler: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
 
@@ -79,6 +82,7 @@ def onpolicy_pairs(spec: OnPolicySpec, policy_dir: str | Path, device: str, cach
         return rows, {"onpolicy_pairs": len(rows)}
     from alignment.sampling import SamplingParams, build_sampler, close_sampler
     from alignment.tasks.verify import shared_verifier
+    from alignment.tasks.verify.math import WRONG_STEP
     from alignment.train.online_dpo.rollout import free_accelerator_memory
 
     t0 = time.perf_counter()
@@ -94,19 +98,20 @@ def onpolicy_pairs(spec: OnPolicySpec, policy_dir: str | Path, device: str, cach
     free_accelerator_memory()
     sample_s = time.perf_counter() - t0
     rng = random.Random(spec.seed)
-    rows, solved, judged, passed = [], 0, 0, 0
+    rows, solved, judged, passed, wrong_step = [], 0, 0, 0, 0
     for p, group in zip(problems, groups):
         answers = []
         for s in group:
-            v = shared_verifier(p.kind).verify(p, s.text)
+            v = shared_verifier(p.kind, spec.check_steps).verify(p, s.text)
             if v.error_kind is None:
                 answers.append((s.text, bool(v.passed)))
+                wrong_step += v.detail.startswith(WRONG_STEP)
         judged += len(answers)
         passed += sum(ok for _, ok in answers)
         solved += any(ok for _, ok in answers)
         rows.extend(pair_verified(user_message(p), answers, spec.pairs_per_prompt, rng))
     atomic_write_jsonl(cache, rows)
     return rows, {"onpolicy_problems": len(problems), "onpolicy_pass_rate": passed / judged if judged else 0.0,
-                  "onpolicy_solved": solved, "onpolicy_pairs": len(rows),
+                  "onpolicy_solved": solved, "onpolicy_pairs": len(rows), "onpolicy_wrong_step_answers": wrong_step,
                   "onpolicy_prompts_with_pairs": len({r["prompt"] for r in rows}),
                   "onpolicy_s": round(time.perf_counter() - t0, 2), "onpolicy_sample_s": round(sample_s, 2)}

@@ -67,6 +67,9 @@ class SynthConfig:
         max_sft_per_problem (`int`, *optional*, defaults to `4`): distinct verified responses kept per problem.
         min_pair_gap (`float`, *optional*, defaults to `0.5`): smallest best-worst score gap for a pair.
         code_timeout_s (`float`, *optional*, defaults to `5.0`): sandbox wall limit per code verdict.
+        check_steps (`bool`, *optional*, defaults to `True`): a math solution counts as solved only if it
+            states no wrong arithmetic on the way (``MathVerifier(check_steps=True)``): a right answer
+            reached through a wrong step is not kept as a verified solution or a chosen answer.
         write_trees (`bool`, *optional*, defaults to `False`): also write the searched trees (trees.jsonl).
         device (`str`, *optional*, defaults to `""`): sampler device; empty = the pipeline's device.
         start_method (`str`, *optional*, defaults to `"spawn"`): how worker processes start. ``spawn``
@@ -85,6 +88,7 @@ class SynthConfig:
     max_sft_per_problem: int = 4
     min_pair_gap: float = 0.5
     code_timeout_s: float = 5.0
+    check_steps: bool = True
     write_trees: bool = False
     device: str = ""
     start_method: str = "spawn"
@@ -137,7 +141,8 @@ class PolicySpec:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(policy: PolicySpec, search: SearchConfig, seed: int, code_timeout_s: float, work: str, write_trees: bool, threads: int) -> None:
+def _init_worker(policy: PolicySpec, search: SearchConfig, seed: int, code_timeout_s: float, check_steps: bool, work: str,
+                 write_trees: bool, threads: int) -> None:
     if threads and policy.kind == "checkpoint":
         import torch
 
@@ -146,7 +151,8 @@ def _init_worker(policy: PolicySpec, search: SearchConfig, seed: int, code_timeo
 
     sampler, render = policy.build()
     _WORKER.update(sampler=sampler, render=render, search=search, seed=seed, work=Path(work), write_trees=write_trees,
-                   verifiers={"math": get_verifier("math"), "code": get_verifier("code", timeout_s=code_timeout_s)})
+                   verifiers={"math": get_verifier("math", check_steps=check_steps),
+                              "code": get_verifier("code", timeout_s=code_timeout_s)})
 
 
 def _solve(group: list[tuple[int, dict]]) -> list[tuple[int, bool, float]]:
@@ -207,7 +213,8 @@ def generate(problems: list[Problem], policy: PolicySpec, cfg: SynthConfig, out_
     identity = {
         "generator": GENERATOR_VERSION, "search": asdict(search_cfg), "seed": cfg.seed, "policy": policy.kind,
         "model": policy.model_path, "p_correct": policy.p_correct if policy.kind == "reference" else None,
-        "code_timeout_s": cfg.code_timeout_s, "batch_problems": cfg.batch_problems, "problems": [p.id for p in problems],
+        "code_timeout_s": cfg.code_timeout_s, "check_steps": cfg.check_steps, "batch_problems": cfg.batch_problems,
+        "problems": [p.id for p in problems],
     }
     work = out_dir / WORK_DIR
     done = _prepare_work_dir(work, config_hash(identity))
@@ -217,7 +224,7 @@ def generate(problems: list[Problem], policy: PolicySpec, cfg: SynthConfig, out_
     groups = [list(range(g, min(g + size, len(problems)))) for g in range(0, len(problems), size)]
     todo = [[(i, problems[i].to_dict()) for i in g] for g in groups if not all(i in done for i in g)]
     n_todo = sum(len(g) for g in todo)
-    init_args = (policy, search_cfg, cfg.seed, cfg.code_timeout_s, str(work), cfg.write_trees)
+    init_args = (policy, search_cfg, cfg.seed, cfg.code_timeout_s, cfg.check_steps, str(work), cfg.write_trees)
     t0 = time.monotonic()
     walls: list[float] = []
     bar = tqdm(total=len(problems), initial=len(problems) - n_todo, desc="synth", unit="problem", disable=not progress)
@@ -254,7 +261,7 @@ def generate(problems: list[Problem], policy: PolicySpec, cfg: SynthConfig, out_
     summary = summarize(results)
     card_config = {"search": asdict(search_cfg), "problems": [asdict(s) if isinstance(s, ProblemSpec) else dict(s) for s in cfg.problems],
                    "policy": policy.kind, "seed": cfg.seed, "batch_problems": cfg.batch_problems, "max_sft_per_problem": cfg.max_sft_per_problem,
-                   "min_pair_gap": cfg.min_pair_gap, "code_timeout_s": cfg.code_timeout_s}
+                   "min_pair_gap": cfg.min_pair_gap, "code_timeout_s": cfg.code_timeout_s, "check_steps": cfg.check_steps}
     from alignment.tasks.verify.code import CodeVerifier
     from alignment.tasks.verify.math import MathVerifier
 

@@ -20,7 +20,8 @@ Every input with a model is evaluated (``models`` narrows the list); metrics are
 Wilson interval (``acc_lo``/``acc_hi``) and format compliance (``format``: the share of responses
 whose answer or code the verifier could read), and, with several checkpoints, each one against the
 one before it in pipeline order on the same problems: ``delta`` and McNemar's exact ``p_mcnemar``
-(alignment/stats.py). Standalone:
+(alignment/stats.py). A math set also reports ``wrong_step_share``: the share of its right greedy
+answers that state wrong arithmetic on the way (``alignment.tasks.verify.math.first_wrong_step``). Standalone:
 ``yialign-synth --config-name eval_checkpoint inputs.policy=/path/to/model``.
 Writes ``report.json`` (metrics + per-set counts) and ``samples.jsonl`` (every response
 with its verdict).
@@ -200,6 +201,7 @@ def judge_sets(decoded: list[DecodedSet], cfg: EvalConfig, prefix: str = "", sam
     from tqdm import tqdm
 
     from alignment.tasks.verify import get_verifier
+    from alignment.tasks.verify.math import first_wrong_step
 
     verifiers = {"math": get_verifier("math"), "code": get_verifier("code", timeout_s=cfg.code_timeout_s)}
     metrics: dict[str, Any] = {}
@@ -225,6 +227,11 @@ def judge_sets(decoded: list[DecodedSet], cfg: EvalConfig, prefix: str = "", sam
         metrics[f"{key}/{metric}_lo"], metrics[f"{key}/{metric}_hi"] = round(lo, 4), round(hi, 4)
         metrics[f"{key}/format"] = round(sum(v.formatted for v in judged) / len(judged), 6) if judged else 0.0
         metrics[f"{key}/n"] = len(judged)
+        if problems[0].kind == "math":
+            # right final answers reached through a wrong arithmetic step ("89 - 17 = 76", then a lucky
+            # "#### 5"): counted right here, as every math eval does, and refused as training data
+            right = [t for t, v in zip(texts, verdicts) if v.error_kind is None and v.passed]
+            metrics[f"{key}/wrong_step_share"] = round(sum(first_wrong_step(t) is not None for t in right) / len(right), 6) if right else 0.0
         if len(judged) < len(verdicts):
             metrics[f"{key}/infra_faults"] = len(verdicts) - len(judged)
         for p, t, v in zip(problems, texts, verdicts):

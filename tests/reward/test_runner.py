@@ -196,3 +196,37 @@ def test_onpolicy_pairs_are_the_policys_right_vs_wrong_answers(stage_ctx, monkey
     assert len(every) == 6 and len({(r["chosen"], r["rejected"]) for r in every}) == 6  # 2 correct x 3 incorrect
     assert {(r["chosen"], r["rejected"]) for r in every[:2]} == {(r["chosen"], r["rejected"]) for r in got}
     assert pair_verified("p", [("a", True), ("b", True)], 3, random.Random(0)) == []
+
+
+class _LuckySampler(_AnswerSampler):
+    """Per prompt: one sound right answer, one right answer after a wrong step, the rest wrong."""
+
+    def generate(self, prompts, n, params):
+        from types import SimpleNamespace
+
+        self.calls += 1
+        out = []
+        for p in prompts:
+            ans = self.answers[p[-1]["content"]]
+            texts = ["2 + 2 = 4\n#### " + ans, "2 + 2 = 5\n#### " + ans] + [f"2 + 2 = 4\n#### {ans}1"] * (n - 2)
+            out.append([SimpleNamespace(text=t, token_ids=[1], logprob_sum=0.0, finish_reason="stop") for t in texts])
+        return out
+
+
+def test_onpolicy_right_answer_after_a_wrong_step_is_never_chosen(stage_ctx, monkeypatch):
+    import alignment.sampling
+    from alignment.tasks.format import user_message
+    from alignment.tasks.problems import ProblemSpec, training_problems
+
+    specs = [{"source": "templates", "n": 6, "seed": 2}]
+    answers = {user_message(p): p.answer for p in training_problems([ProblemSpec(**s) for s in specs])}
+    monkeypatch.setattr(alignment.sampling, "build_sampler", lambda cfg, path, **kw: _LuckySampler(answers, right=0))
+    onpolicy = {"enabled": True, "problems": specs, "n_samples": 4, "pairs_per_prompt": 8, "sampler": {"backend": "native"}}
+    ctx = stage_ctx()
+    fn, cfg = _cfg(onpolicy=onpolicy, pretrain={"sources": ["onpolicy", "synth"]})
+    m = fn(cfg, ctx).metrics
+    assert m["onpolicy_wrong_step_answers"] == 6 and m["onpolicy_pass_rate"] == pytest.approx(0.25)
+    rows = [json.loads(l) for l in (ctx.stage_dir / "onpolicy.jsonl").read_text().splitlines()]
+    # each prompt: the sound answer over the lucky one and over the (one distinct) wrong one
+    assert len(rows) == 12 and all(r["chosen"].startswith("2 + 2 = 4\n") for r in rows)
+    assert sum(r["rejected"].startswith("2 + 2 = 5\n") for r in rows) == 6

@@ -4,6 +4,7 @@ and one real run with the tiny model as policy."""
 import hashlib
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -120,3 +121,17 @@ def test_stage_with_the_tiny_model_as_policy(tmp_path, tiny_checkpoint):
     assert res.metrics["problems"] == 2 and res.metrics["tokens"] > 0
     rows = [json.loads(x) for x in (tmp_path / "synth" / "process.jsonl").read_text().splitlines()]
     assert rows and all(len(r["steps"]) == len(r["visits"]) for r in rows)  # the random model's steps were searched
+
+
+@pytest.mark.parametrize("check_steps", [True, False])
+def test_search_verifier_checks_steps_as_configured(tmp_path, check_steps):
+    from alignment.tasks.problems import load_problems
+    from synth.runner import _WORKER, PolicySpec, _init_worker
+
+    problems = [p.to_dict() for p in load_problems("templates", "train", 2)]
+    _init_worker(PolicySpec("reference", problems=problems), SEARCH, 0, 5.0, check_steps, str(tmp_path), False, 0)
+    math = _WORKER["verifiers"]["math"]
+    lucky = SimpleNamespace(answer="5", id="t")
+    assert math.check_steps is check_steps
+    assert math.verify(lucky, "89 - 17 = 76\n#### 5").passed is not check_steps  # a right answer after a wrong step
+    assert make_cfg().check_steps is True  # the stage default: a verified solution states no wrong step

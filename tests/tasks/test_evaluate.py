@@ -241,3 +241,20 @@ def test_a_checkpoint_is_verified_while_the_next_one_decodes(tmp_path, monkeypat
     for name in ("sft_broad", "sft_hard"):
         assert res.metrics[f"{name}/templates_heldout/n"] == 3
     assert res.metrics["sft_hard/templates_heldout/delta"] == 0.0  # paired test still runs on the collected rows
+
+
+def test_math_sets_report_right_answers_after_a_wrong_step():
+    from alignment.sampling.base import Sample
+
+    specs = [EvalSetSpec("templates", "heldout", 4)]
+    sets = load_eval_sets(specs)
+    answers = {plain_render(p): p.answer for p in sets[0][1]}
+
+    class Lucky:  # stands in for a policy: every answer right, the first two after a wrong step
+        def generate(self, prompts, n, params):
+            steps = ["2 + 2 = 5", "2 + 2 = 5", "2 + 2 = 4", "2 + 2 = 4"]
+            return [[Sample(f"{steps[i]}\n#### {answers[p]}", [], 0.0, "stop")] * n for i, p in enumerate(prompts)]
+
+    metrics, _ = evaluate_sampler(Lucky(), plain_render, sets, EvalConfig(sets=specs, num_samples=0))
+    assert metrics["templates_heldout/acc"] == 1.0  # the eval's verdict is the final answer
+    assert metrics["templates_heldout/wrong_step_share"] == 0.5

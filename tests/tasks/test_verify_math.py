@@ -90,10 +90,25 @@ def test_extract_prefers_last_box_and_handles_nesting():
 @pytest.mark.parametrize(
     "step, ok",
     [("3 * 4 = 12 apples", True), ("3 * 4 = 13", False), ("10 / 3 = 3.33", True), ("5 + 5 = 10, then 10 x 2 = 21", False),
-     ("in 2024 = the year", True), ("speed is 206 / 2 = 103 km", True)],
+     ("in 2024 = the year", True), ("speed is 206 / 2 = 103 km", True),
+     # readings a worked solution uses: an unspaced a/b is one fraction, a % result, a rounded count,
+     # the tail of an expression begun in words
+     ("需要 1 / 1/4 = 4 小时。", True), ("it takes her 10÷1/2=20 minutes", True), ("6 / 8 = 75.0%.", True),
+     ("6 / 8 = 70%", False), ("899.5 / 1.15 = 782 crackers", True), ("90 / 12 = 8 sheets", True),
+     ("90 / 12 = 9 sheets", False), ("40 questions x 40/100 = 16 history questions", True),
+     # a lucky answer's wrong step: an integer result must be exact
+     ("还差 89 - 17 = 76 元。", False), ("Girls: 8 * 2 / 4 = 16.", False)],
 )
 def test_step_arithmetic_check(step, ok):
     assert step_arithmetic_ok(step) is ok
+
+
+@pytest.mark.parametrize("source, split", [("templates", "train"), ("templates", "heldout"), ("gsm_symbolic", "heldout")])
+def test_worked_solutions_pass_the_step_check(source, split):
+    from alignment.tasks.problems import load_problems
+
+    steps = [s for p in load_problems(source, split, n=2000, seed=0) for s in p.meta["reference"].split("\n")]
+    assert len(steps) > 4000 and [s for s in steps if not step_arithmetic_ok(s)] == []
 
 
 # --------------------------------------------------------------------------- math-2: the forms Math-Verify brings
@@ -289,3 +304,16 @@ def test_math_verify_signal_timeouts_are_off():
     finally:
         signal.alarm = orig
     assert calls == []
+
+
+def test_check_steps_fails_a_right_answer_after_a_wrong_step():
+    from alignment.tasks.verify.math import WRONG_STEP, first_wrong_step
+
+    lucky = "Girls: 8 * 2 / 4 = 16.\nBoys: 8 - 4 = 4.\n#### 4"
+    assert MathVerifier().verify(SimpleNamespace(answer="4", id="t"), lucky).passed  # the eval's verdict: the final answer
+    v = MathVerifier(check_steps=True).verify(SimpleNamespace(answer="4", id="t"), lucky)
+    assert not v.passed and v.formatted and v.detail.startswith(WRONG_STEP) and "8 * 2 / 4 = 16" in v.detail
+    assert MathVerifier(check_steps=True).verify(SimpleNamespace(answer="4", id="t"), "Girls: 8 * 2 / 4 = 4.\nBoys: 8 - 4 = 4.\n#### 4").passed
+    wrong = MathVerifier(check_steps=True).verify(SimpleNamespace(answer="5", id="t"), lucky)  # a wrong answer stays "wrong", not "wrong step"
+    assert not wrong.passed and wrong.detail.startswith("wrong:")
+    assert first_wrong_step(lucky) == "Girls: 8 * 2 / 4 = 16." and first_wrong_step("#### 4") is None

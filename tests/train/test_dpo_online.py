@@ -243,3 +243,17 @@ def test_frontier_probe_keeps_prompts_the_policy_solves_sometimes():
     assert [it.id for it in kept] == ["half", "chat"]  # pass rate >= 0.5, at most 2, pool order
     with pytest.raises(ValueError, match="min_pass <= max_pass"):
         select_frontier(sampler, items, FrontierSpec(min_pass=0.9, max_pass=0.1), SimpleNamespace(), verify)
+
+
+def test_default_verifier_does_not_pass_a_right_answer_after_a_wrong_step():
+    from hydra.utils import instantiate
+
+    from alignment.tasks.problems import Problem
+    from alignment.train.online_dpo.rollout import PromptItem, VerifierPool
+
+    verify = VerifierPool(lambda kind: instantiate(OnlineDPOConfig().verifier, kind))
+    item = PromptItem(id="p", prompt="q", kind="math", problem=Problem(id="p", kind="math", prompt="q", answer="5"))
+    assert verify(item, "89 - 17 = 72\n72 / 16 rounds up to 5\n#### 5") is True
+    # the f57075a pair that taught a wrong subtraction: right answer, wrong step
+    assert verify(item, "89 - 17 = 76\n76 / 16 rounds up to 5\n#### 5") is False
+    assert verify(item, "89 - 17 = 72\n#### 4") is False

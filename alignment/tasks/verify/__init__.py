@@ -47,16 +47,18 @@ class Verdict:
                 "formatted": self.formatted}
 
 
-def get_verifier(kind: str, **kwargs: Any):
+def get_verifier(kind: str, *, check_steps: bool = False, **kwargs: Any):
     """Return the verifier for problems of ``kind`` (``"math"`` or ``"code"``).
 
     ``kwargs`` go to the verifier's constructor (``timeout_s=``: wall seconds per run for code,
-    CPU seconds per answer for math).
+    CPU seconds per answer for math). ``check_steps``: a math answer must also state no wrong
+    arithmetic on its way (``MathVerifier``'s ``check_steps``; what training data asks); code is
+    judged by its tests either way.
     """
     if kind == "math":
         from alignment.tasks.verify.math import MathVerifier
 
-        return MathVerifier(**kwargs)
+        return MathVerifier(check_steps=check_steps, **kwargs)
     if kind == "code":
         from alignment.tasks.verify.code import CodeVerifier
 
@@ -65,10 +67,10 @@ def get_verifier(kind: str, **kwargs: Any):
 
 
 @functools.lru_cache(maxsize=None)
-def shared_verifier(kind: str):
-    """One verifier per kind with default settings, built on first use and reused (the math verifier keeps
-    a cache of parsed gold answers; neither holds per-problem state)."""
-    return get_verifier(kind)
+def shared_verifier(kind: str, check_steps: bool = False):
+    """One verifier per kind (and ``check_steps``) with default settings, built on first use and reused
+    (the math verifier keeps a cache of parsed gold answers; neither holds per-problem state)."""
+    return get_verifier(kind, check_steps=check_steps)
 
 
 def record_pass_rate(record: dict, responses: list[str]) -> float | None:

@@ -407,11 +407,17 @@ class MathVerifier:
             for parsing and comparing one answer. A reference (trusted, parsed once) gets
             ``max(2, 4 * timeout_s)``.
         gold_cache (`int`, *optional*, defaults to `65536`): parsed references kept.
+        check_steps (`bool`, *optional*, defaults to `False`): a right final answer after a step that
+            states wrong bare arithmetic (:func:`step_arithmetic_ok`: "89 - 17 = 76", then a lucky
+            "#### 5") fails, detail "right answer after a wrong step". For training data (a chosen
+            answer, a verified synth solution, an RM "right" answer), where such an answer teaches
+            the wrong step; evaluation keeps the final-answer verdict.
     """
 
     version = "math-2"
 
-    def __init__(self, timeout_s: float = DEFAULT_TIMEOUT_S, gold_cache: int = 65536):
+    def __init__(self, timeout_s: float = DEFAULT_TIMEOUT_S, gold_cache: int = 65536, check_steps: bool = False):
+        self.check_steps = bool(check_steps)
         self.timeout_s = float(timeout_s)
         self.gold_timeout_s = max(2.0, 4 * self.timeout_s)
         self._gold = functools.lru_cache(maxsize=gold_cache)(self._parse_gold)
@@ -472,13 +478,20 @@ class MathVerifier:
         if not objs:
             return Verdict(False, 0.0, f"unparsable answer {pred_text[:60]!r}", formatted=False)
         if ok:
+            wrong = first_wrong_step(response) if self.check_steps else None
+            if wrong is not None:
+                return Verdict(False, 0.0, f"{WRONG_STEP}: {wrong[:60]!r}")
             return Verdict(True, 1.0, "ok")
         return Verdict(False, 0.0, f"wrong: got {pred_text[:60]!r}, want {gold_text!r}")
 
 
 # --------------------------------------------------------------------------- partial checks (DFS pruning)
 
-_STEP_EQ_RE = re.compile(r"(?<![\w.])((?:\d+(?:\.\d+)?\s*[-+*/×÷x]\s*)+\d+(?:\.\d+)?)\s*=\s*(-?\d[\d,]*(?:\.\d+)?)(?![\d.]*\s*[-+*/×÷]\s*\d)")
+_STEP_EQ_RE = re.compile(r"(?<![\w.])((?:\d+(?:\.\d+)?\s*[-+*/×÷x]\s*)+\d+(?:\.\d+)?)\s*=\s*(-?\d[\d,]*(?:\.\d+)?)(\s*%)?(?![\d.]*\s*[-+*/×÷]\s*\d)")
+# an operator just before a match ("40 questions x 40/100 = 16"): the match is the tail of a longer
+# expression whose start is words, not numbers; nothing to check
+_FRAGMENT_RE = re.compile(r"(?:[-+*/×÷]|(?<![A-Za-z])x)\s*$")
+_TIGHT_FRACTION_RE = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?)/(\d+(?:\.\d+)?)(?![\d.])")
 
 
 def _arith(node: ast.AST) -> sympy.Rational:
@@ -505,23 +518,60 @@ def _arith(node: ast.AST) -> sympy.Rational:
     raise ValueError(f"unsupported syntax {type(node).__name__}")
 
 
+def _lhs_values(lhs: str) -> list[sympy.Rational]:
+    """The values a step's left side can mean: as written (``1 / 1/4`` = 1/4), and with each
+    unspaced ``a/b`` read as one fraction (``1 / 1/4`` = 4, ``10÷1/2`` = 20)."""
+    readings = {lhs, _TIGHT_FRACTION_RE.sub(r"(\1/\2)", lhs)}
+    out = []
+    for text in readings:
+        expr = text.replace("×", "*").replace("÷", "/").replace("x", "*")
+        try:
+            v = _arith(ast.parse(expr, mode="eval"))
+        except (SyntaxError, ValueError, TypeError, ZeroDivisionError, RecursionError):
+            continue
+        if v.is_Rational:
+            out.append(v)
+    return out
+
+
+def _value_matches(lv: sympy.Rational, rhs: str, percent: bool) -> bool:
+    rv = sympy.Rational(rhs)
+    if percent:
+        lv = lv * 100
+    if lv == rv:
+        return True
+    if "." in rhs:  # a rounded decimal result ("10 / 3 = 3.33")
+        return math.isclose(float(lv), float(rv), abs_tol=0.5 * 10 ** -len(rhs.split(".")[1]))
+    # a whole count from a fractional value, rounded either way ("899.5 / 1.15 = 782 crackers",
+    # "90 / 12 = 7 sheets"); an integer value must be stated exactly ("89 - 17 = 76" is wrong)
+    return not lv.is_integer and math.floor(lv) <= rv <= math.ceil(lv)
+
+
 def step_arithmetic_ok(step: str) -> bool:
     """False when a reasoning step states a pure-number equation that is wrong ("3 * 4 = 13").
 
-    Only bare arithmetic (digits and + - * / x) is checked; anything else counts as ok,
-    so this prunes only provably wrong steps.
+    Only bare arithmetic (digits and + - * / x ÷) is checked, and only where no reading of it is
+    right: an unspaced ``a/b`` may be one fraction, a ``%`` result is a hundredth, a whole-number
+    result of a fractional value may be rounded either way, a decimal result to its digits, and a
+    match that continues an expression begun in words is skipped. Anything else counts as ok, so
+    this prunes only provably wrong steps (the worked solutions of the task sources all pass).
     """
     for m in _STEP_EQ_RE.finditer(step):
-        lhs = m.group(1).replace("×", "*").replace("÷", "/").replace("x", "*")
-        rhs = m.group(2).replace(",", "")
-        try:
-            lv = _arith(ast.parse(lhs, mode="eval"))
-            rv = sympy.Rational(rhs)
-        except (SyntaxError, ValueError, TypeError, ZeroDivisionError, RecursionError):
+        if _FRAGMENT_RE.search(step[:m.start()]):
             continue
-        if lv.is_Rational and lv != rv:
-            # allow a rounded decimal result ("10 / 3 = 3.33")
-            if "." in rhs and math.isclose(float(lv), float(rv), abs_tol=0.5 * 10 ** -len(rhs.split(".")[1])):
-                continue
-            return False
+        rhs = m.group(2).replace(",", "")
+        values = _lhs_values(m.group(1))
+        try:
+            if values and not any(_value_matches(v, rhs, bool(m.group(3))) for v in values):
+                return False
+        except (ValueError, TypeError):
+            continue
     return True
+
+
+WRONG_STEP = "right answer after a wrong step"  # the detail of such a verdict under check_steps
+
+
+def first_wrong_step(response: str) -> str | None:
+    """The first line of ``response`` that :func:`step_arithmetic_ok` refuses, or None."""
+    return next((line.strip() for line in response.splitlines() if not step_arithmetic_ok(line)), None)

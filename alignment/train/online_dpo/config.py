@@ -68,7 +68,8 @@ class OnlineDPOConfig:
         scorer (`dict`, *optional*): ``_target_`` building the reward scorer; called with the reward
             model folder and ``device=``. Defaults to ``reward.score.RewardScorer.from_pretrained``.
         verifier (`dict | None`, *optional*): ``_target_`` building a verifier from a problem kind;
-            defaults to ``alignment.tasks.verify.get_verifier``; ``None`` = reward model only.
+            defaults to ``alignment.tasks.verify.get_verifier`` with ``check_steps`` (a right answer after
+            a wrong arithmetic step is not passed); ``None`` = reward model only.
         rounds (`int`, *optional*, defaults to `1`): rounds in this stage (the report mounts the
             stage twice, one round each).
         n_samples (`int`, *optional*, defaults to `16`): candidates per prompt (the report's 16).
@@ -98,7 +99,8 @@ class OnlineDPOConfig:
     scorer: dict[str, Any] = field(
         default_factory=lambda: {"_target_": "reward.score.RewardScorer.from_pretrained", "batch_size": 32}
     )
-    verifier: dict[str, Any] | None = field(default_factory=lambda: {"_target_": "alignment.tasks.verify.get_verifier"})
+    verifier: dict[str, Any] | None = field(
+        default_factory=lambda: {"_target_": "alignment.tasks.verify.get_verifier", "check_steps": True})
     rounds: int = 1
     n_samples: int = 16
     max_new_tokens: int = 1024

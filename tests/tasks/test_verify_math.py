@@ -96,8 +96,9 @@ def test_extract_prefers_last_box_and_handles_nesting():
      ("需要 1 / 1/4 = 4 小时。", True), ("it takes her 10÷1/2=20 minutes", True), ("6 / 8 = 75.0%.", True),
      ("6 / 8 = 70%", False), ("899.5 / 1.15 = 782 crackers", True), ("90 / 12 = 8 sheets", True),
      ("90 / 12 = 9 sheets", False), ("40 questions x 40/100 = 16 history questions", True),
-     # a lucky answer's wrong step: an integer result must be exact
-     ("还差 89 - 17 = 76 元。", False), ("Girls: 8 * 2 / 4 = 16.", False)],
+     # a lucky answer's wrong step: an integer result must be exact, a stated rounding must hold
+     ("还差 89 - 17 = 76 元。", False), ("Girls: 8 * 2 / 4 = 16.", False), ("66 / 16 向上取整是 4 周。", False),
+     ("66 / 16 向上取整是 5 周。", True), ("66 / 16 rounded up is 5 weeks.", True), ("64 / 16 rounded up is 5 weeks.", False)],
 )
 def test_step_arithmetic_check(step, ok):
     assert step_arithmetic_ok(step) is ok

@@ -491,6 +491,9 @@ _STEP_EQ_RE = re.compile(r"(?<![\w.])((?:\d+(?:\.\d+)?\s*[-+*/×÷x]\s*)+\d+(?:\
 # an operator just before a match ("40 questions x 40/100 = 16"): the match is the tail of a longer
 # expression whose start is words, not numbers; nothing to check
 _FRAGMENT_RE = re.compile(r"(?:[-+*/×÷]|(?<![A-Za-z])x)\s*$")
+# "66 / 16 rounded up is 5", "66 / 16 向上取整是 5" (and down): a division stated with its rounding
+_ROUNDED_RE = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)\s*/\s*(\d+(?:\.\d+)?)\s*"
+                         r"(rounded up is|rounds up to|向上取整是|向上取整为|rounded down is|rounds down to|向下取整是|向下取整为)\s*(\d+)")
 _TIGHT_FRACTION_RE = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?)/(\d+(?:\.\d+)?)(?![\d.])")
 
 
@@ -553,9 +556,16 @@ def step_arithmetic_ok(step: str) -> bool:
     Only bare arithmetic (digits and + - * / x ÷) is checked, and only where no reading of it is
     right: an unspaced ``a/b`` may be one fraction, a ``%`` result is a hundredth, a whole-number
     result of a fractional value may be rounded either way, a decimal result to its digits, and a
-    match that continues an expression begun in words is skipped. Anything else counts as ok, so
+    match that continues an expression begun in words is skipped. A division stated with its
+    rounding ("66 / 16 rounded up is 5", "向上取整是") must round that way. Anything else counts as ok, so
     this prunes only provably wrong steps (the worked solutions of the task sources all pass).
     """
+    for m in _ROUNDED_RE.finditer(step):
+        a, b = sympy.Rational(m.group(1)), sympy.Rational(m.group(2))
+        if b != 0 and not _FRAGMENT_RE.search(step[:m.start()]):
+            up = "up" in m.group(3) or "向上" in m.group(3)
+            if int(m.group(4)) != (math.ceil(a / b) if up else math.floor(a / b)):
+                return False
     for m in _STEP_EQ_RE.finditer(step):
         if _FRAGMENT_RE.search(step[:m.start()]):
             continue

@@ -4,14 +4,15 @@
 # PYTHONPATH=<project>:/tmp/site after the set-up in ../shared/GPU.md):
 #
 #   bash bench/gpu_all.sh [OUT_DIR] [JOBS]      # OUT_DIR default /tmp/out; JOBS default all, or a
-#                                               # comma list of: chain,tier,sweep,bench_step,bench_sampling
+#                                               # comma list of: chain,tier,sweep,bench_step,bench_sampling,bench_all
 #
-# Jobs, in order (one H200: ~9.5 + ~6 + ~9 + ~1 + ~2 minutes):
+# Jobs, in order (one H200: ~9.5 + ~6 + ~9 + ~1 + ~2 minutes, then make bench):
 #   chain           pipeline=h100_small, timed (TORCH_LOGS=recompiles: a FlexAttention recompile shows)
 #   tier            pytest -m gpu tests/gpu (vLLM and two-GPU checks only where their kinds are present)
 #   sweep           pipeline=h100_dpo_sweep on the chain's run (online DPO points, each vs sft_hard)
 #   bench_step      bench/train_step.py on h100_small's SFT shape (16K-token packed row), with its profile
 #   bench_sampling  bench/sampling.py at the eval's sampling setting (1,024 rows), eager and compiled decode
+#   bench_all       make bench (bench/run_all.py) with each output and its card kept in <OUT_DIR>/bench_results
 # Each job writes <job>.log; runs stay under <OUT_DIR>/runs; a line per job says its status and time.
 set -u
 OUT=${1:-/tmp/out}
@@ -43,4 +44,5 @@ job sweep python3 -m alignment pipeline=h100_dpo_sweep vars.sweep_from="$RUNS/h1
 job bench_step python3 bench/train_step.py --upcycled --batch 1 --seq 16384 --packed 48 --no-baseline
 job bench_sampling python3 bench/sampling.py --upcycled --prompts 256 --n 4 --temperature 0.8 --top-p 0.95 \
   --max-new-tokens 160 --variants native/static+graph,native/static+graph+compile
+job bench_all python3 bench/run_all.py --results "$OUT/bench_results"
 echo "[job all] done $(date +%T)"

@@ -9,6 +9,12 @@ the output.
     python bench/run_all.py                  # everything that fits
     python bench/run_all.py --only model,verify
     python bench/run_all.py --list
+    python bench/run_all.py --results bench/results   # also keep each output with its card
+
+With ``--results DIR`` each benchmark's output (its tables) is also written to
+``DIR/<machine>/<date>_<commit>/<name>.md`` under a card: date, commit, accelerator, CPUs, library
+versions (``alignment.report.machine_card``) and the command that produced it; the GPU tables the
+docs quote are committed from there.
 """
 
 from __future__ import annotations
@@ -70,10 +76,46 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
 
 
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-") or "machine"
+
+
+def results_dir(root: Path, card: dict) -> Path:
+    """``root/<machine>/<date>_<commit>``: one folder per machine and run of ``make bench``."""
+    machine = card["accelerator"].split(",")[0] if card["accelerator"] != "none (CPU)" else f"cpu-{card['cpu_count']}"
+    stamp = card["date_utc"].replace(" ", "_").replace(":", "")
+    return root / _slug(machine) / f"{stamp}_{card['commit'] or 'unknown'}"
+
+
+def _run_teed(cmd: list[str], keep: list[str] | None) -> int:
+    """Run ``cmd``, its output to this process's stdout as it comes and, when ``keep`` is given, into it."""
+    if keep is None:
+        return subprocess.run(cmd, cwd=REPO, env=_env()).returncode
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            errors="replace")
+    for line in proc.stdout:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+        keep.append(line)
+    return proc.wait()
+
+
+def _write_result(out: Path, name: str, what: str, cmd: list[str], status: str, card: dict, lines: list[str]) -> None:
+    versions = ", ".join(f"{k} {v}" for k, v in card["versions"].items())
+    head = [f"# bench/{name}.py: {what}", "",
+            f"Ran: {card['date_utc']} UTC, commit `{card['commit']}`, {card['accelerator']}, {card['cpu_count']} CPUs, "
+            f"Python {card['python']}; {versions}", "",
+            f"Command: `python {' '.join(cmd[1:])}` ({status})", "", "```"]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.md").write_text("\n".join(head) + "\n" + "".join(lines) + "```\n", encoding="utf-8")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", default=None, help="comma-separated benchmark names (default: all that fit)")
     ap.add_argument("--list", action="store_true", help="list the benchmarks and exit")
+    ap.add_argument("--results", type=Path, default=None,
+                    help="also write each benchmark's output with its card under DIR/<machine>/<date>_<commit>/")
     args = ap.parse_args(argv)
 
     scripts = {p.stem for p in BENCH.glob("*.py") if p.name != "run_all.py"}
@@ -99,6 +141,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"make bench: {len(chosen)} benchmarks; {os.cpu_count()} CPUs, "
           f"{'CUDA: ' + torch.cuda.get_device_name() if cuda else 'no GPU'}", flush=True)
     results: list[tuple[str, str, float]] = []
+    card = out_dir = None
+    if args.results is not None:
+        sys.path.insert(0, str(REPO))
+        from alignment.report import machine_card
+
+        card = machine_card()
+        out_dir = results_dir(args.results, card)
+        print(f"results: {out_dir}", flush=True)
     with tempfile.TemporaryDirectory(prefix="yialign_bench_") as tmp:
         work, policy = Path(tmp), None
         for b in chosen:
@@ -113,11 +163,14 @@ def main(argv: list[str] | None = None) -> int:
                     policy = policy or build_policy(work)
                     cmd += ["--policy", str(policy)]
                 print(f"\n== bench/{b.name}.py: {b.what}\n$ {' '.join(cmd[1:])}", flush=True)
-                rc = subprocess.run(cmd, cwd=REPO, env=_env()).returncode
+                kept = [] if out_dir is not None else None
+                rc = _run_teed(cmd, kept)
             except subprocess.CalledProcessError as e:  # the policy build failed
-                rc = e.returncode
+                rc, kept = e.returncode, None
             status = "ok" if rc == 0 else f"FAILED (exit {rc})"
             results.append((b.name, status, time.time() - t0))
+            if kept is not None:
+                _write_result(out_dir, b.name, b.what, cmd, status, card, kept)
 
     print("\n| benchmark | result | seconds |\n|---|---|---|")
     for name, status, secs in results:

@@ -50,3 +50,19 @@ def test_runs_cpu_ones_names_gpu_ones_and_fails_on_a_failure(run_all, tmp_path, 
     assert "| good | ok |" in out and "| bad | FAILED (exit 3) |" in out
     assert "1 of 2 run ok; FAILED: bad; need a GPU, not run here: big" in out
     assert run_all.main(["--only", "good"]) == 0
+
+
+def test_results_keep_each_output_under_its_card(run_all, tmp_path, monkeypatch, capfd):
+    (tmp_path / "good.py").write_text("print('| variant | tokens/s |'); print('| ours | 123 |')\n")
+    (tmp_path / "bad.py").write_text("print('half a table'); raise SystemExit(3)\n")
+    monkeypatch.setattr(run_all, "BENCH", tmp_path)
+    monkeypatch.setattr(run_all, "BENCHES", [run_all.Bench("good", "a passing one"), run_all.Bench("bad", "a failing one")])
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert run_all.main(["--results", str(tmp_path / "results")]) == 1
+    assert "| ours | 123 |" in capfd.readouterr().out  # still printed as it runs
+    (run_dir,) = list((tmp_path / "results").glob("*/*"))
+    assert run_dir.parent.name.startswith("cpu-")  # one folder per machine, then per date and commit
+    good, bad = (run_dir / "good.md").read_text(), (run_dir / "bad.md").read_text()
+    assert good.startswith("# bench/good.py: a passing one") and "| ours | 123 |" in good
+    assert "commit `" in good and "torch " in good and "(ok)" in good
+    assert "half a table" in bad and "FAILED (exit 3)" in bad

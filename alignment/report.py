@@ -43,7 +43,7 @@ def _fmt(v) -> str:
 def _headline(key: str) -> bool:
     # counts and secondary estimates stay in the manifest and the report, not the one-line summary
     return not (key.endswith(("/n", "/infra_faults", "_sampled", "_lo", "_hi", "p_mcnemar", "/format", "format_delta",
-                              "vs_first_delta"))
+                              "vs_first_delta", "wrong_step_share"))
                 or is_timing_key(key))
 
 
@@ -70,7 +70,8 @@ def _p(p: float) -> str:
 
 def eval_table(metrics: dict, order: list[str], baseline: str | None = None) -> list[str]:
     """Markdown rows of the eval stage: per set (in the recipe's order) and checkpoint, greedy accuracy
-    with its 95% interval, sampled pass@k where measured, format compliance, and the paired change
+    with its 95% interval, sampled pass@k where measured, format compliance, the share of right math
+    answers reached through a wrong arithmetic step (``wrong_step_share``), and the paired change
     against the checkpoint before, or against ``baseline`` (the eval's ``compare_to``) (McNemar's exact p)."""
     rows, sets = [], []
     for k, v in metrics.items():
@@ -94,13 +95,15 @@ def eval_table(metrics: dict, order: list[str], baseline: str | None = None) -> 
             fmt_cell += f" ({fdelta:+.3f}, {_p(fp)})"
         sampled = ", ".join(f"{key.rsplit('/', 1)[-1].removesuffix('_sampled')} {val:.3f}" for key, val in metrics.items()
                             if key.startswith(f"{base}/pass@") and key.endswith("_sampled") and _num(val)) or "-"
+        wrong_step = metrics.get(f"{base}/wrong_step_share")
         rows.append((sets.index(set_name), order.index(m["stage"]), m["stage"], set_name, f"{v:.3f}{ci}", sampled,
-                     fmt_cell, str(metrics.get(f"{base}/n", "-")), change))
+                     fmt_cell, f"{wrong_step:.3f}" if _num(wrong_step) else "-", str(metrics.get(f"{base}/n", "-")), change))
     if not rows:
         return []
     against = f"`{baseline}`" if baseline else "previous"
-    out = [f"| set | checkpoint | greedy accuracy [95% CI] | sampled pass@k | format (change, McNemar) | n | change vs {against} (McNemar) |",
-           "|---|---|---|---|---|---|---|"]
+    out = [f"| set | checkpoint | greedy accuracy [95% CI] | sampled pass@k | format (change, McNemar) "
+           f"| right after a wrong step | n | change vs {against} (McNemar) |",
+           "|---|---|---|---|---|---|---|---|"]
     for _, _, stage, set_name, *cells in sorted(rows, key=lambda r: (r[0], r[1])):
         out.append("| " + " | ".join([set_name, stage, *cells]) + " |")
     return out

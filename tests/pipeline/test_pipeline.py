@@ -180,12 +180,12 @@ def test_eval_table_shows_intervals_and_paired_change():
                "b/s/acc": 0.4, "b/s/acc_lo": 0.33, "b/s/acc_hi": 0.47, "b/s/format": 1.0, "b/s/n": 200,
                "b/s/delta": 0.15, "b/s/p_mcnemar": 0.0004, "b/s/sample_s": 3.0, "b/s/pass@4_sampled": 0.55,
                "a/first/acc": 0.1, "b/first/acc": 0.2, "b/first/delta": 0.1, "b/first/p_mcnemar": 0.0123,
-               "b/s/format_delta": 0.1, "b/s/format_p_mcnemar": 0.02}
+               "b/s/format_delta": 0.1, "b/s/format_p_mcnemar": 0.02, "a/s/wrong_step_share": 0.08, "b/s/wrong_step_share": 0.125}
     rows = eval_table(metrics, ["a", "b", "eval"])
     # sets in the order the recipe lists them (s before first), checkpoints in pipeline order
-    assert rows[2] == "| s | a | 0.250 [0.200, 0.310] | - | 0.900 | 200 | - |"
-    assert rows[3] == "| s | b | 0.400 [0.330, 0.470] | pass@4 0.550 | 1.000 (+0.100, p=0.02) | 200 | +0.150 (p<0.001) |"
-    assert rows[5] == "| first | b | 0.200 | - | - | - | +0.100 (p=0.0123) |"
+    assert rows[2] == "| s | a | 0.250 [0.200, 0.310] | - | 0.900 | 0.080 | 200 | - |"
+    assert rows[3] == "| s | b | 0.400 [0.330, 0.470] | pass@4 0.550 | 1.000 (+0.100, p=0.02) | 0.125 | 200 | +0.150 (p<0.001) |"
+    assert rows[5] == "| first | b | 0.200 | - | - | - | - | +0.100 (p=0.0123) |"
 
 
 def test_final_vs_first_table():
@@ -206,7 +206,7 @@ def test_eval_table_against_a_baseline_names_it():
     metrics = {"sft_hard/s/acc": 0.4, "lr_a/s/acc": 0.3, "lr_a/s/delta": -0.1, "lr_a/s/p_mcnemar": 0.01}
     rows = eval_table(metrics, ["sft_hard", "lr_a"], baseline="sft_hard")
     assert rows[0].endswith("| change vs `sft_hard` (McNemar) |")
-    assert rows[3] == "| s | lr_a | 0.300 | - | - | - | -0.100 (p=0.01) |"
+    assert rows[3] == "| s | lr_a | 0.300 | - | - | - | - | -0.100 (p=0.01) |"
 
 
 def test_null_input_drops_a_default_input():
